@@ -1,0 +1,18 @@
+// The GEMMs of the CPU LSTM. On this class of CPU oneDNN's inner product runs ~1.2-2x faster than
+// at::linear/MKL for the LSTM's shapes (DESIGN.md §3), so x·wᵀ goes through torch's internal
+// mkldnn::_linear_pointwise op when it exists and accepts the input, else through at::linear.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace fused_s2s::cpu {
+
+// x [M, K] · w [N, K]ᵀ (+ bias [N]) -> new [M, N] tensor. x and w must be contiguous.
+at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias = std::nullopt);
+
+// Whether fast_linear() uses oneDNN for this dtype (false when the op is missing, or FUSED_S2S_DISABLE_ONEDNN=1).
+bool onednn_linear_available(at::ScalarType dtype);
+
+}  // namespace fused_s2s::cpu

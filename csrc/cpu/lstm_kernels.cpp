@@ -1,0 +1,158 @@
+// The LSTM layer's per-step CPU kernels, vectorised with at::vec. This file is compiled once per CPU
+// capability with CPU_CAPABILITY set to DEFAULT, AVX2 or AVX512 (see CMakeLists.txt), like ATen's own
+// kernels; lstm_dispatch.cpp picks the build that matches the machine.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "fused_s2s/lstm_cell.h"
+#include "lstm_kernels.h"
+
+namespace fused_s2s::cpu::CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// Activations on a vector of units: at::vec's SLEEF-backed exp and tanh (1 ulp).
+template <typename scalar_t>
+struct VecMath {
+  using Vec = Vectorized<scalar_t>;
+  static Vec sigmoid(Vec x) { return Vec(scalar_t(1)) / (Vec(scalar_t(1)) + x.neg().exp()); }
+  static Vec tanh(Vec x) { return x.tanh(); }
+};
+
+// Units are split into blocks so that a batch of one still spreads over both cores when H is large, and
+// small steps stay on one thread (a parallel region costs a few microseconds).
+constexpr int64_t kUnitBlock = 256;
+constexpr int64_t kMinUnitsPerThread = 8192;
+
+template <typename F>
+void for_each_unit_block(int64_t B, int64_t H, const F& body) {
+  const int64_t blocks_per_row = (H + kUnitBlock - 1) / kUnitBlock;
+  const int64_t grain = std::max<int64_t>(1, kMinUnitsPerThread / std::min(H, kUnitBlock));
+  at::parallel_for(0, B * blocks_per_row, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b = blk / blocks_per_row;
+      const int64_t j0 = (blk % blocks_per_row) * kUnitBlock;
+      body(b, j0, std::min(H, j0 + kUnitBlock));
+    }
+  });
+}
+
+template <typename scalar_t>
+void fwd_pointwise_impl(const FwdPointwiseArgs<scalar_t>& a) {
+  using Vec = Vectorized<scalar_t>;
+  const int64_t H = a.H;
+  for_each_unit_block(a.B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    scalar_t* c_saved = a.c_saved + b * H;
+    scalar_t* c_state = a.c_state + b * H;
+    if (a.active != nullptr && !a.active[b]) {  // past this sequence's end: freeze, output zero
+      std::memcpy(c_saved + j0, c_state + j0, (j1 - j0) * sizeof(scalar_t));
+      if (a.y != nullptr) std::fill(a.y + b * H + j0, a.y + b * H + j1, scalar_t(0));
+      return;
+    }
+    scalar_t* gi = a.gates + b * 4 * H;
+    const scalar_t* ri = a.rec + b * 4 * H;
+    scalar_t* h_out = a.h_out + b * H;
+    scalar_t* y = a.y != nullptr ? a.y + b * H : nullptr;
+    for (int64_t j = j0; j < j1; j += Vec::size()) {
+      const int n = static_cast<int>(std::min<int64_t>(Vec::size(), j1 - j));
+      const Vec ai = Vec::loadu(gi + j, n) + Vec::loadu(ri + j, n);
+      const Vec af = Vec::loadu(gi + H + j, n) + Vec::loadu(ri + H + j, n);
+      const Vec ag = Vec::loadu(gi + 2 * H + j, n) + Vec::loadu(ri + 2 * H + j, n);
+      const Vec ao = Vec::loadu(gi + 3 * H + j, n) + Vec::loadu(ri + 3 * H + j, n);
+      Vec i, f, g, o, c, h;
+      lstm_cell_forward<Vec, VecMath<scalar_t>>(ai, af, ag, ao, Vec::loadu(c_state + j, n), i, f, g, o, c, h);
+      i.store(gi + j, n);
+      f.store(gi + H + j, n);
+      g.store(gi + 2 * H + j, n);
+      o.store(gi + 3 * H + j, n);
+      c.store(c_state + j, n);
+      c.store(c_saved + j, n);
+      h.store(h_out + j, n);
+      if (y != nullptr) h.store(y + j, n);
+    }
+  });
+}
+
+template <typename scalar_t>
+void bwd_pointwise_impl(const BwdPointwiseArgs<scalar_t>& a) {
+  using Vec = Vectorized<scalar_t>;
+  const int64_t H = a.H;
+  for_each_unit_block(a.B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    scalar_t* dg = a.dgates + b * 4 * H;
+    if (a.active != nullptr && !a.active[b]) {  // a frozen step passes dc through and has no gate gradient
+      for (int k = 0; k < 4; ++k) std::fill(dg + k * H + j0, dg + k * H + j1, scalar_t(0));
+      return;
+    }
+    const scalar_t* g = a.gates + b * 4 * H;
+    const scalar_t* c = a.c + b * H;
+    const scalar_t* cp = a.c_prev + b * H;
+    const scalar_t* dh = a.dh + b * H;
+    const scalar_t* dy = a.dy != nullptr ? a.dy + b * H : nullptr;
+    scalar_t* dc = a.dc + b * H;
+    scalar_t* h_raw = a.h_raw != nullptr ? a.h_raw + b * H : nullptr;
+    for (int64_t j = j0; j < j1; j += Vec::size()) {
+      const int n = static_cast<int>(std::min<int64_t>(Vec::size(), j1 - j));
+      const Vec i = Vec::loadu(g + j, n), f = Vec::loadu(g + H + j, n);
+      const Vec gg = Vec::loadu(g + 2 * H + j, n), o = Vec::loadu(g + 3 * H + j, n);
+      const Vec cj = Vec::loadu(c + j, n);
+      Vec dhj = Vec::loadu(dh + j, n);
+      if (dy != nullptr) dhj = dhj + Vec::loadu(dy + j, n);
+      Vec dcj = Vec::loadu(dc + j, n);
+      Vec dai, daf, dag, dao;
+      lstm_cell_backward<Vec, VecMath<scalar_t>>(i, f, gg, o, cj, Vec::loadu(cp + j, n), dhj, dcj, dai, daf,
+                                                 dag, dao);
+      dcj.store(dc + j, n);
+      dai.store(dg + j, n);
+      daf.store(dg + H + j, n);
+      dag.store(dg + 2 * H + j, n);
+      dao.store(dg + 3 * H + j, n);
+      if (h_raw != nullptr) lstm_cell_hidden<Vec, VecMath<scalar_t>>(o, cj).store(h_raw + j, n);
+    }
+  });
+}
+
+template <typename scalar_t>
+void small_gemm_impl(const SmallGemmArgs<scalar_t>& a) {
+  using Vec = Vectorized<scalar_t>;
+  constexpr int64_t kMaxRows = 8;  // rows of x held against one streamed row of w
+  const int64_t K = a.K;
+  // Each thread owns a contiguous slice of w's rows, so across steps its slice stays in its own L2.
+  at::parallel_for(0, a.N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t b0 = 0; b0 < a.B; b0 += kMaxRows) {
+      const int64_t rows = std::min(kMaxRows, a.B - b0);
+      for (int64_t n = n0; n < n1; ++n) {
+        const scalar_t* w = a.w + n * K;
+        Vec acc[kMaxRows];
+        for (int64_t r = 0; r < rows; ++r) acc[r] = Vec(scalar_t(0));
+        int64_t k = 0;
+        for (; k + Vec::size() <= K; k += Vec::size()) {
+          const Vec wv = Vec::loadu(w + k);
+          for (int64_t r = 0; r < rows; ++r)
+            acc[r] = at::vec::fmadd(Vec::loadu(a.x + (b0 + r) * K + k), wv, acc[r]);
+        }
+        if (k < K) {  // tail: loadu with a count zero-fills the rest of the vector
+          const int tail = static_cast<int>(K - k);
+          const Vec wv = Vec::loadu(w + k, tail);
+          for (int64_t r = 0; r < rows; ++r)
+            acc[r] = at::vec::fmadd(Vec::loadu(a.x + (b0 + r) * K + k, tail), wv, acc[r]);
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          a.out[(b0 + r) * a.N + n] =
+              at::vec::vec_reduce_all<scalar_t>([](Vec& p, Vec& q) { return p + q; }, acc[r]);
+      }
+    }
+  });
+}
+
+void fwd_pointwise(const FwdPointwiseArgs<float>& a) { fwd_pointwise_impl(a); }
+void fwd_pointwise(const FwdPointwiseArgs<double>& a) { fwd_pointwise_impl(a); }
+void bwd_pointwise(const BwdPointwiseArgs<float>& a) { bwd_pointwise_impl(a); }
+void bwd_pointwise(const BwdPointwiseArgs<double>& a) { bwd_pointwise_impl(a); }
+void small_gemm(const SmallGemmArgs<float>& a) { small_gemm_impl(a); }
+void small_gemm(const SmallGemmArgs<double>& a) { small_gemm_impl(a); }
+
+}  // namespace fused_s2s::cpu::CPU_CAPABILITY

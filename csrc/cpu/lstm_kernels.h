@@ -1,0 +1,71 @@
+// Per-step CPU kernels of the LSTM layer, compiled once per CPU capability (DEFAULT, AVX2, AVX512) from
+// lstm_kernels.cpp and picked at run time by at::get_cpu_capability() (ATEN_CPU_CAPABILITY overrides it).
+#pragma once
+
+#include <cstdint>
+
+namespace fused_s2s::cpu {
+
+// One forward step's pointwise pass over B rows × H units.
+template <typename scalar_t>
+struct FwdPointwiseArgs {
+  scalar_t* gates;        // [B, 4H] in: x_t·W_ihᵀ + biases; out: activated i, f, g, o (saved for backward)
+  const scalar_t* rec;    // [B, 4H] h_{t-1}·W_hhᵀ
+  scalar_t* c_state;      // [B, H] in: c_{t-1}; out: c_t (rows that are inactive keep their value)
+  scalar_t* c_saved;      // [B, H] out: c_state after this step (C[t], frozen rows included)
+  scalar_t* h_out;        // [B, H] out: o*tanh(c_t) for active rows (inactive rows keep their value)
+  scalar_t* y;            // [B, H] out: y[t] (o*tanh(c_t), or 0 where inactive); nullptr with a projection
+  const uint8_t* active;  // [B] 1 where the sequence has step t, or nullptr when every row is active
+  int64_t B, H;
+};
+
+// One backward step's pointwise pass over B rows × H units.
+template <typename scalar_t>
+struct BwdPointwiseArgs {
+  const scalar_t* gates;   // [B, 4H] saved activated gates of step t
+  const scalar_t* c;       // [B, H] C[t]
+  const scalar_t* c_prev;  // [B, H] c_{t-1} (C of the previous processed step, or c0)
+  const scalar_t* dh;      // [B, H] gradient reaching o*tanh(c_t) (recurrent + projection backward)
+  const scalar_t* dy;      // [B, H] added to dh (no projection), or nullptr
+  scalar_t* dc;            // [B, H] in: dL/dc_t; out: dL/dc_{t-1} (inactive rows unchanged)
+  scalar_t* dgates;        // [B, 4H] out: gradients of the gate pre-activations (0 where inactive)
+  scalar_t* h_raw;         // [B, H] out: o*tanh(c_t) recomputed for W_hr's gradient, or nullptr
+  const uint8_t* active;   // [B] or nullptr
+  int64_t B, H;
+};
+
+// out[b, n] = sum_k x[b, k] * w[n, k] for a few rows b: the recurrent GEMM at batch sizes where a GEMM
+// library's per-call overhead costs more than the arithmetic. w is read once for all rows.
+template <typename scalar_t>
+struct SmallGemmArgs {
+  const scalar_t* x;  // [B, K]
+  const scalar_t* w;  // [N, K]
+  scalar_t* out;      // [B, N]
+  int64_t B, N, K;
+};
+
+#define FS2S_DECLARE_KERNELS(NS)                                   \
+  namespace NS {                                                   \
+  void fwd_pointwise(const FwdPointwiseArgs<float>& a);            \
+  void fwd_pointwise(const FwdPointwiseArgs<double>& a);           \
+  void bwd_pointwise(const BwdPointwiseArgs<float>& a);            \
+  void bwd_pointwise(const BwdPointwiseArgs<double>& a);           \
+  void small_gemm(const SmallGemmArgs<float>& a);                  \
+  void small_gemm(const SmallGemmArgs<double>& a);                 \
+  }
+
+FS2S_DECLARE_KERNELS(DEFAULT)
+FS2S_DECLARE_KERNELS(AVX2)
+FS2S_DECLARE_KERNELS(AVX512)
+
+// The capability in use: "AVX512", "AVX2" or "DEFAULT".
+const char* kernel_capability();
+
+template <typename scalar_t>
+void fwd_pointwise(const FwdPointwiseArgs<scalar_t>& a);
+template <typename scalar_t>
+void bwd_pointwise(const BwdPointwiseArgs<scalar_t>& a);
+template <typename scalar_t>
+void small_gemm(const SmallGemmArgs<scalar_t>& a);
+
+}  // namespace fused_s2s::cpu

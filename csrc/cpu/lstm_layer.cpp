@@ -1,0 +1,239 @@
+// One LSTM layer, one direction, on the CPU: forward and backward drivers.
+//
+// Forward: the input projection for all steps is one GEMM (biases folded in); each step is one GEMM
+// h·W_hhᵀ and one fused pointwise pass (lstm_kernels.cpp), plus the projection GEMM when proj_size > 0.
+// Backward: a reverse loop of fused pointwise gate gradients and one GEMM dG·W_hh per step, then dX, dW_ih,
+// dW_hh, the bias and dW_hr as large GEMMs over all steps.
+//
+// Lengths: sequence b is active at step t iff t < lengths[b]; an inactive step keeps b's state and writes
+// y[t, b] = 0, so h_n, c_n come from the last valid step (pad_packed_sequence's semantics).
+#include "lstm_layer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+#include "lstm_kernels.h"
+
+namespace fused_s2s::cpu {
+namespace {
+
+// Below this many rows the recurrent product uses small_gemm: a GEMM library's per-call cost (~10 µs)
+// is larger than the arithmetic of a batch of a few rows.
+constexpr int64_t kSmallBatch = 8;
+
+// rows·wᵀ for the recurrent step, into a [B, N] tensor.
+at::Tensor step_gemm(const at::Tensor& rows, const at::Tensor& w) {
+  const int64_t B = rows.size(0), N = w.size(0), K = w.size(1);
+  if (B > kSmallBatch) return fast_linear(rows, w);
+  at::Tensor out = at::empty({B, N}, rows.options());
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fused_s2s_small_gemm", [&] {
+    small_gemm<scalar_t>({rows.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, N, K});
+  });
+  return out;
+}
+
+// Per-step activity of each sequence, from the lengths tensor.
+struct ActiveRows {
+  std::vector<int64_t> lengths;  // empty: every sequence has every step
+  std::vector<uint8_t> mask;
+
+  ActiveRows(const std::optional<at::Tensor>& lengths_opt, int64_t B) {
+    if (!lengths_opt.has_value()) return;
+    at::Tensor l = lengths_opt->to(at::kCPU, at::kLong).contiguous();
+    lengths.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + B);
+    mask.resize(B);
+  }
+  // The mask for step t, or nullptr when every row is active at t.
+  const uint8_t* at_step(int64_t t) {
+    if (lengths.empty()) return nullptr;
+    bool all = true;
+    for (size_t b = 0; b < lengths.size(); ++b) {
+      mask[b] = t < lengths[b];
+      all = all && mask[b];
+    }
+    return all ? nullptr : mask.data();
+  }
+};
+
+void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+                  const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                  const std::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(x.dim() == 3, "lstm_layer: x must be [T, B, I], got ", x.sizes());
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % 4 == 0 && w_ih.size(1) == I, "lstm_layer: w_ih must be [4H, ", I,
+              "], got ", w_ih.sizes());
+  const int64_t H = w_ih.size(0) / 4;
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
+  TORCH_CHECK(w_hh.sizes() == at::IntArrayRef({4 * H, P}), "lstm_layer: w_hh must be [", 4 * H, ", ", P, "], got ",
+              w_hh.sizes());
+  if (w_hr.has_value())
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "lstm_layer: w_hr must be [P, ", H, "], got ", w_hr->sizes());
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, P}), "lstm_layer: h0 must be [", B, ", ", P, "], got ", h0.sizes());
+  TORCH_CHECK(c0.sizes() == at::IntArrayRef({B, H}), "lstm_layer: c0 must be [", B, ", ", H, "], got ", c0.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "lstm_layer: the CPU kernel takes float32 or float64, got ", x.scalar_type());
+  for (const at::Tensor* t : {&h0, &c0, &w_ih, &w_hh})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+                "lstm_layer: every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(), ")");
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "lstm_layer: lengths must be [", B, "], got ",
+                lengths->sizes());
+    TORCH_CHECK(!lengths->is_floating_point(), "lstm_layer: lengths must be an integer tensor");
+    at::Tensor l = lengths->to(at::kCPU, at::kLong);
+    TORCH_CHECK(B == 0 || (l.min().item<int64_t>() >= 1 && l.max().item<int64_t>() <= T),
+                "lstm_layer: every length must be in [1, ", T, "], got ", l);
+  }
+}
+
+std::optional<at::Tensor> combined_bias(const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  if (b_ih.has_value() && b_hh.has_value()) return *b_ih + *b_hh;
+  if (b_ih.has_value()) return b_ih->contiguous();
+  if (b_hh.has_value()) return b_hh->contiguous();
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
+    const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr_in, const std::optional<at::Tensor>& lengths, bool reverse) {
+  check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr_in, lengths);
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const std::optional<at::Tensor> w_hr =
+      w_hr_in.has_value() ? std::optional<at::Tensor>(w_hr_in->contiguous()) : std::nullopt;
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
+
+  // gates[t] holds x_t·W_ihᵀ + b_ih + b_hh, then (after step t) the activated i, f, g, o.
+  at::Tensor gates = fast_linear(x.view({T * B, I}), w_ih, combined_bias(b_ih, b_hh)).view({T, B, 4 * H});
+  at::Tensor y = at::empty({T, B, P}, x.options());
+  at::Tensor cells = at::empty({T, B, H}, x.options());
+  at::Tensor h_state = h0.contiguous().clone();
+  at::Tensor c_state = c0.contiguous().clone();
+  at::Tensor h_raw = w_hr.has_value() ? at::empty({B, H}, x.options()) : h_state;
+  ActiveRows active(lengths, B);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_fwd", [&] {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const uint8_t* mask = active.at_step(t);
+      const at::Tensor rec = step_gemm(h_state, w_hh);
+      fwd_pointwise<scalar_t>({gates[t].data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
+                               cells[t].data_ptr<scalar_t>(), h_raw.data_ptr<scalar_t>(),
+                               w_hr.has_value() ? nullptr : y[t].data_ptr<scalar_t>(), mask, B, H});
+      if (w_hr.has_value()) {
+        const at::Tensor r = step_gemm(h_raw, *w_hr);  // [B, P]
+        scalar_t* y_t = y[t].data_ptr<scalar_t>();
+        scalar_t* h_s = h_state.data_ptr<scalar_t>();
+        const scalar_t* r_p = r.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < B; ++b) {
+          if (mask == nullptr || mask[b]) {
+            std::memcpy(y_t + b * P, r_p + b * P, P * sizeof(scalar_t));
+            std::memcpy(h_s + b * P, r_p + b * P, P * sizeof(scalar_t));
+          } else {
+            std::memset(y_t + b * P, 0, P * sizeof(scalar_t));
+          }
+        }
+      }
+    }
+  });
+  return {y, h_state, c_state, gates, cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd(
+    const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& x_in,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+    const std::optional<at::Tensor>& w_hr_in, const std::optional<at::Tensor>& lengths, bool reverse,
+    const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells, bool need_dx) {
+  check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr_in, lengths);
+  const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih_in.size(0) / 4;
+  const bool proj = w_hr_in.has_value();
+  const int64_t P = proj ? w_hr_in->size(0) : H;
+  TORCH_CHECK(dy.sizes() == at::IntArrayRef({T, B, P}) && gates.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
+                  cells.sizes() == at::IntArrayRef({T, B, H}) && y.sizes() == dy.sizes(),
+              "lstm_layer_bwd: saved tensors do not match the layer's shapes");
+  // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
+  const at::Tensor w_hh_t = w_hh_in.t().contiguous();  // [P, 4H]
+  const at::Tensor w_hr = proj ? w_hr_in->contiguous() : at::Tensor();
+  const at::Tensor w_hr_t = proj ? w_hr_in->t().contiguous() : at::Tensor();  // [H, P]
+
+  at::Tensor dgates = at::empty({T, B, 4 * H}, x.options());
+  at::Tensor dh = dh_n.contiguous().clone();  // gradient reaching the recurrent state h_t (P wide)
+  at::Tensor dc = dc_n.contiguous().clone();
+  at::Tensor dr_all = proj ? at::empty({T, B, P}, x.options()) : at::Tensor();  // gradient at y[t]+recurrence
+  at::Tensor h_raw = proj ? at::empty({T, B, H}, x.options()) : at::Tensor();
+  const at::Tensor c0c = c0.contiguous();
+  ActiveRows active(lengths, B);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step processed before t
+      const bool first = s == 0;
+      const uint8_t* mask = active.at_step(t);
+      const scalar_t* c_prev = first ? c0c.data_ptr<scalar_t>() : cells[t_prev].data_ptr<scalar_t>();
+      at::Tensor dh_unit;  // gradient at o*tanh(c_t)
+      const scalar_t* dy_t = nullptr;
+      if (proj) {
+        // dr = dy[t] + dh for active rows (0 otherwise); the projection's backward gives dh_unit = dr·W_hr.
+        at::Tensor dr = dr_all[t];
+        at::add_out(dr, dy[t], dh);
+        if (mask != nullptr)
+          for (int64_t b = 0; b < B; ++b)
+            if (!mask[b]) dr[b].zero_();
+        dh_unit = step_gemm(dr, w_hr_t);
+      } else {
+        dh_unit = dh;
+        dy_t = dy[t].data_ptr<scalar_t>();
+      }
+      bwd_pointwise<scalar_t>({gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(), c_prev,
+                               dh_unit.data_ptr<scalar_t>(), dy_t, dc.data_ptr<scalar_t>(),
+                               dgates[t].data_ptr<scalar_t>(), proj ? h_raw[t].data_ptr<scalar_t>() : nullptr,
+                               mask, B, H});
+      at::Tensor dh_next = step_gemm(dgates[t], w_hh_t);  // [B, P]
+      if (mask != nullptr) {  // a frozen step passes the state gradient through unchanged
+        scalar_t* dst = dh_next.data_ptr<scalar_t>();
+        const scalar_t* src = dh.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < B; ++b)
+          if (!mask[b]) std::memcpy(dst + b * P, src + b * P, P * sizeof(scalar_t));
+      }
+      dh = dh_next;
+    }
+  });
+
+  const at::Tensor dg2 = dgates.view({T * B, 4 * H});
+  at::Tensor dx = need_dx ? fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I}) : at::empty({0}, x.options());
+  at::Tensor dw_ih = at::mm(dg2.t(), x.view({T * B, I}));
+  // dW_hh = sum over steps of dG_t^T · h_{t-1}. For every step but each sequence's first, h_{t-1} is the
+  // previous step's output y (y is 0 where the previous step was inactive, which only happens where the
+  // step itself is a reverse sequence's first); the first steps take h0.
+  at::Tensor dw_hh = at::zeros({4 * H, P}, x.options());
+  if (T > 1) {
+    const at::Tensor dg_rest = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
+    const at::Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    dw_hh.addmm_(dg_rest.reshape({(T - 1) * B, 4 * H}).t(), y_prev.reshape({(T - 1) * B, P}));
+  }
+  at::Tensor dg_first;
+  if (!reverse) {
+    dg_first = dgates[0];
+  } else if (active.lengths.empty()) {
+    dg_first = dgates[T - 1];
+  } else {
+    at::Tensor first_t = lengths->to(at::kCPU, at::kLong) - 1;
+    dg_first = dgates.permute({1, 0, 2})
+                   .gather(1, first_t.view({B, 1, 1}).expand({B, 1, 4 * H}))
+                   .view({B, 4 * H});
+  }
+  dw_hh.addmm_(dg_first.t(), h0.contiguous());
+  at::Tensor db = dg2.sum(0);
+  at::Tensor dw_hr = proj ? at::mm(dr_all.view({T * B, P}).t(), h_raw.view({T * B, H})) : at::empty({0}, x.options());
+  return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
+}
+
+}  // namespace fused_s2s::cpu

@@ -1,0 +1,4 @@
+"""Ops layer: torch.library ops with fake kernels and autograd, dispatched by device and `backend=`."""
+from fused_s2s.ops.lstm import lstm_layer
+
+__all__ = ["lstm_layer"]

@@ -1,0 +1,107 @@
+"""The one-layer, one-direction LSTM op: public function, torch.library registration, dispatch.
+
+Every backend computes exactly `fused_s2s.reference.lstm.lstm_layer` (its docstring gives the lengths and
+reverse semantics). Stacks, directions and PackedSequence are composed above this, in fused_s2s.nn.
+
+The C++ ops (schemas in csrc/ops.cpp):
+    fused_s2s::lstm_layer_fwd  -> y, h_n, c_n, gates (activated, [T, B, 4H]), cells ([T, B, H])
+    fused_s2s::lstm_layer_bwd  -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr
+gates and cells are what backward needs (cuDNN's reserve space); they are marked non-differentiable.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fused_s2s.reference import lstm as _reference
+
+try:  # the compiled extension registers the fused_s2s:: C++ ops when imported
+    import fused_s2s._C  # noqa: F401
+
+    _C_ERROR: Optional[str] = None
+except ImportError as e:  # pragma: no cover - only on a broken install
+    _C_ERROR = f"the C++ extension fused_s2s._C is not built ({e})"
+
+BACKENDS = ("auto", "cpu", "reference")
+# Read once per process (and so constant under torch.compile): overrides backend="auto" for a whole run.
+ENV_BACKEND = os.environ.get("FUSED_S2S_BACKEND", "auto")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for `backend` on `device`, or an error that says why it cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if ENV_BACKEND not in BACKENDS:
+            raise ValueError(f"FUSED_S2S_BACKEND must be one of {BACKENDS}, got {ENV_BACKEND!r}")
+        backend = ENV_BACKEND
+    if backend == "auto":
+        if device.type != "cpu":  # the GPU kernels arrive with their own issue; until then the oracle runs
+            return "reference"
+        backend = "cpu"
+    if backend == "cpu":
+        if _C_ERROR is not None:
+            raise RuntimeError(f"backend 'cpu' is unavailable: {_C_ERROR}")
+        if device.type != "cpu":
+            raise RuntimeError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+    return backend
+
+
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+               b_hh: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+               backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over x [T, B, I] -> (y [T, B, P], h_n [B, P], c_n [B, H]).
+
+    lengths ([B] int64 on the CPU, each in 1..T, any order) marks where each sequence ends: padding steps
+    keep the state and output zeros. reverse=True reads each sequence backwards from its own last step.
+    """
+    backend = resolve_backend(backend, x.device)
+    if backend == "reference":
+        return _reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.lstm_layer_fwd(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    return y, h_n, c_n
+
+
+# ---- fake (meta) kernels: shapes only, no data access ----
+
+if _C_ERROR is None:
+
+    @torch.library.register_fake("fused_s2s::lstm_layer_fwd")
+    def _lstm_layer_fwd_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+        T, B, _ = x.shape
+        H = w_ih.shape[0] // 4
+        P = w_hr.shape[0] if w_hr is not None else H
+        return (x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H), x.new_empty(T, B, 4 * H),
+                x.new_empty(T, B, H))
+
+    @torch.library.register_fake("fused_s2s::lstm_layer_bwd")
+    def _lstm_layer_bwd_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells,
+                             need_dx):
+        dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+        dw_hr = torch.empty_like(w_hr) if w_hr is not None else x.new_empty(0)
+        return (dx, torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih), torch.empty_like(w_hh),
+                x.new_empty(w_ih.shape[0]), dw_hr)
+
+    # ---- autograd ----
+
+    def _setup_context(ctx, inputs, output):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse = inputs
+        y, _h_n, _c_n, gates, cells = output
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cells)
+        ctx.reverse = reverse
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.mark_non_differentiable(gates, cells)
+
+    def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+        x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cells = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fused_s2s.lstm_layer_bwd(
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, ctx.reverse, y, gates, cells, need_dx)
+        return (dx if need_dx else None, dh0, dc0, dw_ih, dw_hh, db if ctx.has_bias[0] else None,
+                db if ctx.has_bias[1] else None, dw_hr if w_hr is not None else None, None, None)
+
+    torch.library.register_autograd("fused_s2s::lstm_layer_fwd", _backward, setup_context=_setup_context)
