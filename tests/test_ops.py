@@ -1,0 +1,184 @@
+"""The one-layer op (fused_s2s.ops.lstm_layer) on the C++ CPU backend against the reference, gradcheck,
+opcheck, the oneDNN/ATen GEMM paths, every CPU capability build, and backend dispatch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fused_s2s.ops import lstm_layer
+from fused_s2s.ops.lstm import resolve_backend
+from fused_s2s.reference.lstm import lstm_layer as reference_layer
+from tests.utils import assert_close, case_id
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_layer_args(T, B, I, H, P, *, dtype=torch.float32, bias=True, lengths=False, reverse=False,
+                    requires_grad=True):
+    """Fresh random arguments for lstm_layer; P = proj_size (0: no projection)."""
+    Pw = P or H
+    g = dict(dtype=dtype, requires_grad=requires_grad)
+    x = torch.randn(T, B, I, **g)
+    h0, c0 = torch.randn(B, Pw, **g), torch.randn(B, H, **g)
+    w_ih, w_hh = torch.randn(4 * H, I, **g) * 0.5, torch.randn(4 * H, Pw, **g) * 0.5
+    b_ih = torch.randn(4 * H, **g) if bias else None
+    b_hh = torch.randn(4 * H, **g) if bias else None
+    w_hr = torch.randn(Pw, H, **g) * 0.5 if P else None
+    lens = torch.randint(1, T + 1, (B,)) if lengths else None
+    if lengths and B > 1:
+        lens[0] = T  # the longest and the shortest possible sequences are always in the batch
+        lens[1] = 1
+    return (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, reverse)
+
+
+def differentiable(args):
+    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+# B 1 and 3 take the small-batch GEMV path, B 12 the GEMM library; H 6 and 37 leave vector tails.
+CASES = [
+    dict(T=7, B=3, I=5, H=6, P=0),
+    dict(T=7, B=1, I=5, H=6, P=0),
+    dict(T=9, B=12, I=11, H=37, P=0),
+    dict(T=7, B=3, I=5, H=6, P=4),
+    dict(T=5, B=12, I=4, H=19, P=7),
+    dict(T=1, B=2, I=3, H=5, P=0),
+]
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["dense", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(**c) for c in CASES])
+def test_cpu_matches_reference(case, bias, reverse, lengths):
+    args = make_layer_args(**case, bias=bias, lengths=lengths, reverse=reverse)
+    out = lstm_layer(*args, backend="cpu")
+    ref = reference_layer(*args)
+    for name, a, e in zip(("y", "h_n", "c_n"), out, ref):
+        assert_close(a, e, name)
+    grads_out = [torch.randn_like(o) for o in ref]
+    inputs = differentiable(args)
+    got = torch.autograd.grad(out, inputs, grads_out)
+    want = torch.autograd.grad(ref, inputs, grads_out)
+    for k, (a, e) in enumerate(zip(got, want)):
+        assert_close(a, e, f"grad of differentiable input {k}")
+
+
+@pytest.mark.parametrize("case", [
+    dict(T=4, B=3, I=3, H=4, P=0, lengths=False, reverse=False),
+    dict(T=4, B=3, I=3, H=4, P=0, lengths=True, reverse=True),
+    dict(T=4, B=10, I=3, H=4, P=2, lengths=True, reverse=False),
+    dict(T=3, B=2, I=2, H=3, P=2, lengths=False, reverse=True),
+], ids=lambda c: case_id(**c))
+def test_gradcheck_float64(case):
+    args = make_layer_args(**case, dtype=torch.float64)
+
+    def fn(*diff):
+        it = iter(diff)
+        full = [next(it) if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args]
+        return lstm_layer(*full, backend="cpu")
+
+    assert torch.autograd.gradcheck(fn, differentiable(args), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("P,lengths", [(0, False), (3, True)], ids=["plain", "proj-lengths"])
+def test_opcheck(P, lengths):
+    # float64: opcheck compares eager and AOT gradients at fp32-rounding tolerance; this checks registration
+    args = make_layer_args(T=4, B=3, I=5, H=6, P=P, lengths=lengths, reverse=True, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_fwd.default, args)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, reverse = [a.detach() if isinstance(a, torch.Tensor) else a
+                                                               for a in args]
+    y, h_n, c_n, gates, cells = torch.ops.fused_s2s.lstm_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens,
+                                                                   reverse)
+    bwd_args = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh, w_hr,
+                lens, reverse, y, gates, cells, True)
+    torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_bwd.default, bwd_args)
+
+
+def test_nan_in_means_nan_out():
+    args = list(make_layer_args(T=6, B=3, I=4, H=5, P=0, requires_grad=False))
+    args[0][2, 1, 0] = float("nan")  # step 2 of sequence 1
+    y, h_n, c_n = lstm_layer(*args, backend="cpu")
+    y_ref, h_ref, c_ref = reference_layer(*args)
+    assert_close(y, y_ref, "y")  # assert_close requires NaN exactly where the reference has it
+    assert y[2:, 1].isnan().all() and not y[:, [0, 2]].isnan().any()
+    assert_close(h_n, h_ref, "h_n")
+
+
+def test_skipping_dx_when_input_needs_no_grad():
+    args = list(make_layer_args(T=5, B=4, I=3, H=6, P=0))
+    args[0] = args[0].detach()
+    y, _, _ = lstm_layer(*args, backend="cpu")
+    y_ref, _, _ = reference_layer(*args)
+    g = torch.randn_like(y)
+    inputs = differentiable(args)
+    for k, (a, e) in enumerate(zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(y_ref, inputs, g))):
+        assert_close(a, e, f"grad {k}")
+
+
+def test_op_rejects_bad_lengths():
+    args = list(make_layer_args(T=4, B=2, I=3, H=5, P=0, requires_grad=False))
+    for bad in (torch.tensor([5, 1]), torch.tensor([0, 2]), torch.tensor([2])):
+        args[8] = bad
+        with pytest.raises(RuntimeError, match="length"):
+            lstm_layer(*args, backend="cpu")
+
+
+def test_backend_errors():
+    x = torch.zeros(1)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("cudnn", x.device)
+    with pytest.raises(RuntimeError, match="needs CPU tensors"):
+        resolve_backend("cpu", torch.device("meta"))
+    assert resolve_backend("auto", x.device) == "cpu"
+    assert resolve_backend("reference", x.device) == "reference"
+
+
+# Each subprocess runs the same fixed case and prints the largest difference from the reference.
+_SUBPROCESS_CASE = textwrap.dedent("""
+    import torch
+    from fused_s2s.ops.lstm import lstm_layer, resolve_backend
+    from fused_s2s.reference.lstm import lstm_layer as ref
+    from tests.test_ops import make_layer_args, differentiable
+    torch.manual_seed(0)
+    worst = 0.0
+    for B, P, lengths, reverse in [(3, 0, True, False), (20, 0, False, True), (12, 4, True, True)]:
+        args = make_layer_args(T=6, B=B, I=37, H=21, P=P, lengths=lengths, reverse=reverse)
+        out, want = lstm_layer(*args), ref(*args)
+        g = [torch.randn_like(o) for o in want]
+        ins = differentiable(args)
+        got_g, want_g = torch.autograd.grad(out, ins, g), torch.autograd.grad(want, ins, g)
+        for a, e in list(zip(out, want)) + list(zip(got_g, want_g)):
+            worst = max(worst, float(((a - e).abs() / (1 + e.abs())).max()))
+    print(resolve_backend("auto", torch.device("cpu")), worst)
+""")
+
+
+def _run_case(env_update: dict[str, str]) -> tuple[str, float]:
+    env = dict(os.environ, **env_update)
+    res = subprocess.run([sys.executable, "-c", _SUBPROCESS_CASE], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    backend, worst = res.stdout.split()
+    return backend, float(worst)
+
+
+@pytest.mark.parametrize("env", [
+    {"ATEN_CPU_CAPABILITY": "default"},
+    {"ATEN_CPU_CAPABILITY": "avx2"},
+    {"FUSED_S2S_DISABLE_ONEDNN": "1"},
+], ids=["capability-default", "capability-avx2", "aten-gemm"])
+def test_every_kernel_build_and_gemm_path_matches_reference(env):
+    backend, worst = _run_case(env)
+    assert backend == "cpu"
+    assert worst < 1e-4, f"relative error {worst} with {env}"
+
+
+def test_env_backend_overrides_auto():
+    backend, worst = _run_case({"FUSED_S2S_BACKEND": "reference"})
+    assert backend == "reference" and worst == 0.0
