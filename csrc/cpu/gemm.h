@@ -9,8 +9,12 @@
 
 namespace fused_s2s::cpu {
 
-// x [M, K] · w [N, K]ᵀ (+ bias [N]) -> new [M, N] tensor. x and w must be contiguous.
+// x [M, K] · w [N, K]ᵀ (+ bias [N]) -> new [M, N] tensor. x must be contiguous; w contiguous or packed.
 at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias = std::nullopt);
+
+// w [N, K] in oneDNN's own blocked layout for inputs of `rows` rows, when fast_linear uses oneDNN (else w
+// itself). A weight reused for every step is packed once, instead of being reordered by every call.
+at::Tensor pack_weight(const at::Tensor& w, int64_t rows);
 
 // Whether fast_linear() uses oneDNN for this dtype (false when the op is missing, or FUSED_S2S_DISABLE_ONEDNN=1).
 bool onednn_linear_available(at::ScalarType dtype);

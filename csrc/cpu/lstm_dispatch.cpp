@@ -44,6 +44,10 @@ template <typename scalar_t>
 void bwd_pointwise(const BwdPointwiseArgs<scalar_t>& a) { FS2S_DISPATCH(bwd_pointwise, a) }
 template <typename scalar_t>
 void small_gemm(const SmallGemmArgs<scalar_t>& a) { FS2S_DISPATCH(small_gemm, a) }
+template <typename scalar_t>
+void small_gemm_pack(const SmallGemmPackArgs<scalar_t>& a) { FS2S_DISPATCH(small_gemm_pack, a) }
+template <typename scalar_t>
+int64_t small_gemm_panel_width() { FS2S_DISPATCH(small_gemm_panel_width, scalar_t()) }
 
 template void fwd_pointwise<float>(const FwdPointwiseArgs<float>&);
 template void fwd_pointwise<double>(const FwdPointwiseArgs<double>&);
@@ -51,5 +55,9 @@ template void bwd_pointwise<float>(const BwdPointwiseArgs<float>&);
 template void bwd_pointwise<double>(const BwdPointwiseArgs<double>&);
 template void small_gemm<float>(const SmallGemmArgs<float>&);
 template void small_gemm<double>(const SmallGemmArgs<double>&);
+template void small_gemm_pack<float>(const SmallGemmPackArgs<float>&);
+template void small_gemm_pack<double>(const SmallGemmPackArgs<double>&);
+template int64_t small_gemm_panel_width<float>();
+template int64_t small_gemm_panel_width<double>();
 
 }  // namespace fused_s2s::cpu

@@ -85,6 +85,8 @@ void bwd_pointwise_impl(const BwdPointwiseArgs<scalar_t>& a) {
     scalar_t* dg = a.dgates + b * 4 * H;
     if (a.active != nullptr && !a.active[b]) {  // a frozen step passes dc through and has no gate gradient
       for (int k = 0; k < 4; ++k) std::fill(dg + k * H + j0, dg + k * H + j1, scalar_t(0));
+      // h_raw meets a zero gradient in W_hr's GEMM, but must not be garbage there (0 * NaN is NaN)
+      if (a.h_raw != nullptr) std::fill(a.h_raw + b * H + j0, a.h_raw + b * H + j1, scalar_t(0));
       return;
     }
     const scalar_t* g = a.gates + b * 4 * H;
@@ -115,35 +117,75 @@ void bwd_pointwise_impl(const BwdPointwiseArgs<scalar_t>& a) {
   });
 }
 
+// A panel is kColVecs vectors wide; R rows × kColVecs accumulators stay in registers.
+constexpr int kColVecs = 4;
+
+template <typename scalar_t>
+constexpr int64_t panel_width() {
+  return kColVecs * Vectorized<scalar_t>::size();
+}
+
+// R rows of x (from row b0) against panels [p0, p1).
+template <typename scalar_t, int R>
+void small_gemm_rows(const SmallGemmArgs<scalar_t>& a, int64_t b0, int64_t p0, int64_t p1) {
+  using Vec = Vectorized<scalar_t>;
+  constexpr int64_t V = Vec::size(), W = panel_width<scalar_t>();
+  const int64_t K = a.K, N = a.N;
+  const scalar_t* x = a.x + b0 * K;
+  scalar_t* out = a.out + b0 * N;
+  for (int64_t p = p0; p < p1; ++p) {
+    const scalar_t* panel = a.panels + p * K * W;
+    Vec acc[R][kColVecs];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kColVecs; ++j) acc[r][j] = Vec(scalar_t(0));
+    for (int64_t k = 0; k < K; ++k) {
+      Vec wv[kColVecs];
+      for (int j = 0; j < kColVecs; ++j) wv[j] = Vec::loadu(panel + k * W + j * V);
+      for (int r = 0; r < R; ++r) {
+        const Vec xv(x[r * K + k]);
+        for (int j = 0; j < kColVecs; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
+      }
+    }
+    const int64_t n0 = p * W;
+    for (int j = 0; j < kColVecs; ++j) {
+      const int64_t n = n0 + j * V;
+      if (n >= N) break;
+      const int cnt = static_cast<int>(std::min<int64_t>(V, N - n));
+      for (int r = 0; r < R; ++r) acc[r][j].store(out + r * N + n, cnt);
+    }
+  }
+}
+
 template <typename scalar_t>
 void small_gemm_impl(const SmallGemmArgs<scalar_t>& a) {
-  using Vec = Vectorized<scalar_t>;
-  constexpr int64_t kMaxRows = 8;  // rows of x held against one streamed row of w
-  const int64_t K = a.K;
-  // Each thread owns a contiguous slice of w's rows, so across steps its slice stays in its own L2.
-  at::parallel_for(0, a.N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t b0 = 0; b0 < a.B; b0 += kMaxRows) {
-      const int64_t rows = std::min(kMaxRows, a.B - b0);
-      for (int64_t n = n0; n < n1; ++n) {
-        const scalar_t* w = a.w + n * K;
-        Vec acc[kMaxRows];
-        for (int64_t r = 0; r < rows; ++r) acc[r] = Vec(scalar_t(0));
-        int64_t k = 0;
-        for (; k + Vec::size() <= K; k += Vec::size()) {
-          const Vec wv = Vec::loadu(w + k);
-          for (int64_t r = 0; r < rows; ++r)
-            acc[r] = at::vec::fmadd(Vec::loadu(a.x + (b0 + r) * K + k), wv, acc[r]);
+  constexpr int64_t W = panel_width<scalar_t>();
+  constexpr int64_t kMinWeightPerThread = 1 << 16;  // elements of w; less is not worth a second thread
+  const int64_t panels = (a.N + W - 1) / W;
+  const int64_t grain = std::max<int64_t>(1, kMinWeightPerThread / std::max<int64_t>(1, a.K * W));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    int64_t b = 0;
+    for (; b + 4 <= a.B; b += 4) small_gemm_rows<scalar_t, 4>(a, b, p0, p1);
+    switch (a.B - b) {
+      case 3: small_gemm_rows<scalar_t, 3>(a, b, p0, p1); break;
+      case 2: small_gemm_rows<scalar_t, 2>(a, b, p0, p1); break;
+      case 1: small_gemm_rows<scalar_t, 1>(a, b, p0, p1); break;
+      default: break;
+    }
+  });
+}
+
+template <typename scalar_t>
+void small_gemm_pack_impl(const SmallGemmPackArgs<scalar_t>& a) {
+  constexpr int64_t W = panel_width<scalar_t>();
+  const int64_t panels = (a.N + W - 1) / W;
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      scalar_t* panel = a.panels + p * a.K * W;
+      for (int64_t k = 0; k < a.K; ++k)
+        for (int64_t c = 0; c < W; ++c) {
+          const int64_t n = p * W + c;
+          panel[k * W + c] = n < a.N ? a.w[n * a.stride_n + k * a.stride_k] : scalar_t(0);
         }
-        if (k < K) {  // tail: loadu with a count zero-fills the rest of the vector
-          const int tail = static_cast<int>(K - k);
-          const Vec wv = Vec::loadu(w + k, tail);
-          for (int64_t r = 0; r < rows; ++r)
-            acc[r] = at::vec::fmadd(Vec::loadu(a.x + (b0 + r) * K + k, tail), wv, acc[r]);
-        }
-        for (int64_t r = 0; r < rows; ++r)
-          a.out[(b0 + r) * a.N + n] =
-              at::vec::vec_reduce_all<scalar_t>([](Vec& p, Vec& q) { return p + q; }, acc[r]);
-      }
     }
   });
 }
@@ -154,5 +196,9 @@ void bwd_pointwise(const BwdPointwiseArgs<float>& a) { bwd_pointwise_impl(a); }
 void bwd_pointwise(const BwdPointwiseArgs<double>& a) { bwd_pointwise_impl(a); }
 void small_gemm(const SmallGemmArgs<float>& a) { small_gemm_impl(a); }
 void small_gemm(const SmallGemmArgs<double>& a) { small_gemm_impl(a); }
+void small_gemm_pack(const SmallGemmPackArgs<float>& a) { small_gemm_pack_impl(a); }
+void small_gemm_pack(const SmallGemmPackArgs<double>& a) { small_gemm_pack_impl(a); }
+int64_t small_gemm_panel_width(float) { return panel_width<float>(); }
+int64_t small_gemm_panel_width(double) { return panel_width<double>(); }
 
 }  // namespace fused_s2s::cpu::CPU_CAPABILITY

@@ -35,13 +35,25 @@ struct BwdPointwiseArgs {
 };
 
 // out[b, n] = sum_k x[b, k] * w[n, k] for a few rows b: the recurrent GEMM at batch sizes where a GEMM
-// library's per-call overhead costs more than the arithmetic. w is read once for all rows.
+// library's per-call overhead costs more than the arithmetic. w is packed once per call into panels of
+// small_gemm_panel_width() columns, each panel [K, width] contiguous, so the inner loop is a broadcast-FMA
+// over a contiguous stream (no horizontal sums, no strided loads); each thread owns the same panels at every
+// step, which then stay in its core's L2.
 template <typename scalar_t>
 struct SmallGemmArgs {
-  const scalar_t* x;  // [B, K]
-  const scalar_t* w;  // [N, K]
-  scalar_t* out;      // [B, N]
+  const scalar_t* x;       // [B, K]
+  const scalar_t* panels;  // [ceil(N / width), K, width], zero-padded past N
+  scalar_t* out;           // [B, N]
   int64_t B, N, K;
+};
+
+// Packs w (element (n, k) at w[n * stride_n + k * stride_k]) into the panel layout above.
+template <typename scalar_t>
+struct SmallGemmPackArgs {
+  const scalar_t* w;
+  int64_t stride_n, stride_k;
+  scalar_t* panels;
+  int64_t N, K;
 };
 
 #define FS2S_DECLARE_KERNELS(NS)                                   \
@@ -52,6 +64,10 @@ struct SmallGemmArgs {
   void bwd_pointwise(const BwdPointwiseArgs<double>& a);           \
   void small_gemm(const SmallGemmArgs<float>& a);                  \
   void small_gemm(const SmallGemmArgs<double>& a);                 \
+  void small_gemm_pack(const SmallGemmPackArgs<float>& a);         \
+  void small_gemm_pack(const SmallGemmPackArgs<double>& a);        \
+  int64_t small_gemm_panel_width(float);                           \
+  int64_t small_gemm_panel_width(double);                          \
   }
 
 FS2S_DECLARE_KERNELS(DEFAULT)
@@ -67,5 +83,9 @@ template <typename scalar_t>
 void bwd_pointwise(const BwdPointwiseArgs<scalar_t>& a);
 template <typename scalar_t>
 void small_gemm(const SmallGemmArgs<scalar_t>& a);
+template <typename scalar_t>
+void small_gemm_pack(const SmallGemmPackArgs<scalar_t>& a);
+template <typename scalar_t>
+int64_t small_gemm_panel_width();
 
 }  // namespace fused_s2s::cpu

@@ -12,7 +12,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "gemm.h"
@@ -25,13 +27,45 @@ namespace {
 // is larger than the arithmetic of a batch of a few rows.
 constexpr int64_t kSmallBatch = 8;
 
+// Every buffer the kernels fill is allocated here. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it
+// starts as NaN, so an element that a kernel forgets to write shows up in the results instead of passing
+// by luck with whatever memory held.
+at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  static const bool poison = [] {
+    const char* env = std::getenv("FUSED_S2S_POISON_BUFFERS");
+    return env != nullptr && std::strcmp(env, "1") == 0;
+  }();
+  at::Tensor t = at::empty(sizes, options);
+  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+// A weight w [N, K] used by every step, packed once per call: into small_gemm's panels for small batches,
+// into oneDNN's layout otherwise.
+struct StepWeight {
+  int64_t N, K;
+  at::Tensor packed;
+  StepWeight(const at::Tensor& w, int64_t rows) : N(w.size(0)), K(w.size(1)) {
+    if (rows > kSmallBatch) {
+      packed = pack_weight(w.contiguous(), rows);
+      return;
+    }
+    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fused_s2s_small_gemm_pack", [&] {
+      const int64_t width = small_gemm_panel_width<scalar_t>();
+      packed = empty_buffer({(N + width - 1) / width, K, width}, w.options());
+      small_gemm_pack<scalar_t>({w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), packed.data_ptr<scalar_t>(), N, K});
+    });
+  }
+};
+
 // rows·wᵀ for the recurrent step, into a [B, N] tensor.
-at::Tensor step_gemm(const at::Tensor& rows, const at::Tensor& w) {
-  const int64_t B = rows.size(0), N = w.size(0), K = w.size(1);
-  if (B > kSmallBatch) return fast_linear(rows, w);
-  at::Tensor out = at::empty({B, N}, rows.options());
+at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
+  const int64_t B = rows.size(0);
+  if (B > kSmallBatch) return fast_linear(rows, w.packed);
+  at::Tensor out = empty_buffer({B, w.N}, rows.options());
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fused_s2s_small_gemm", [&] {
-    small_gemm<scalar_t>({rows.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, N, K});
+    small_gemm<scalar_t>(
+        {rows.data_ptr<scalar_t>(), w.packed.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, w.N, w.K});
   });
   return out;
 }
@@ -111,23 +145,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 
   // gates[t] holds x_t·W_ihᵀ + b_ih + b_hh, then (after step t) the activated i, f, g, o.
   at::Tensor gates = fast_linear(x.view({T * B, I}), w_ih, combined_bias(b_ih, b_hh)).view({T, B, 4 * H});
-  at::Tensor y = at::empty({T, B, P}, x.options());
-  at::Tensor cells = at::empty({T, B, H}, x.options());
+  at::Tensor y = empty_buffer({T, B, P}, x.options());
+  at::Tensor cells = empty_buffer({T, B, H}, x.options());
   at::Tensor h_state = h0.contiguous().clone();
   at::Tensor c_state = c0.contiguous().clone();
-  at::Tensor h_raw = w_hr.has_value() ? at::empty({B, H}, x.options()) : h_state;
+  at::Tensor h_raw = w_hr.has_value() ? empty_buffer({B, H}, x.options()) : h_state;
   ActiveRows active(lengths, B);
+  const StepWeight w_hh_step(w_hh, B);
+  const std::optional<StepWeight> w_hr_step =
+      w_hr.has_value() ? std::optional<StepWeight>(StepWeight(*w_hr, B)) : std::nullopt;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_fwd", [&] {
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const uint8_t* mask = active.at_step(t);
-      const at::Tensor rec = step_gemm(h_state, w_hh);
+      const at::Tensor rec = step_gemm(h_state, w_hh_step);
       fwd_pointwise<scalar_t>({gates[t].data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
                                cells[t].data_ptr<scalar_t>(), h_raw.data_ptr<scalar_t>(),
                                w_hr.has_value() ? nullptr : y[t].data_ptr<scalar_t>(), mask, B, H});
       if (w_hr.has_value()) {
-        const at::Tensor r = step_gemm(h_raw, *w_hr);  // [B, P]
+        const at::Tensor r = step_gemm(h_raw, *w_hr_step);  // [B, P]
         scalar_t* y_t = y[t].data_ptr<scalar_t>();
         scalar_t* h_s = h_state.data_ptr<scalar_t>();
         const scalar_t* r_p = r.data_ptr<scalar_t>();
@@ -159,15 +196,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                   cells.sizes() == at::IntArrayRef({T, B, H}) && y.sizes() == dy.sizes(),
               "lstm_layer_bwd: saved tensors do not match the layer's shapes");
   // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
-  const at::Tensor w_hh_t = w_hh_in.t().contiguous();  // [P, 4H]
-  const at::Tensor w_hr = proj ? w_hr_in->contiguous() : at::Tensor();
-  const at::Tensor w_hr_t = proj ? w_hr_in->t().contiguous() : at::Tensor();  // [H, P]
+  const StepWeight w_hh_t(w_hh_in.t(), B);  // [P, 4H]
+  const std::optional<StepWeight> w_hr_t =
+      proj ? std::optional<StepWeight>(StepWeight(w_hr_in->t(), B)) : std::nullopt;  // [H, P]
 
-  at::Tensor dgates = at::empty({T, B, 4 * H}, x.options());
+  at::Tensor dgates = empty_buffer({T, B, 4 * H}, x.options());
   at::Tensor dh = dh_n.contiguous().clone();  // gradient reaching the recurrent state h_t (P wide)
   at::Tensor dc = dc_n.contiguous().clone();
-  at::Tensor dr_all = proj ? at::empty({T, B, P}, x.options()) : at::Tensor();  // gradient at y[t]+recurrence
-  at::Tensor h_raw = proj ? at::empty({T, B, H}, x.options()) : at::Tensor();
+  at::Tensor dr_all = proj ? empty_buffer({T, B, P}, x.options()) : at::Tensor();  // gradient at y[t]+recurrence
+  at::Tensor h_raw = proj ? empty_buffer({T, B, H}, x.options()) : at::Tensor();
   const at::Tensor c0c = c0.contiguous();
   ActiveRows active(lengths, B);
 
@@ -187,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         if (mask != nullptr)
           for (int64_t b = 0; b < B; ++b)
             if (!mask[b]) dr[b].zero_();
-        dh_unit = step_gemm(dr, w_hr_t);
+        dh_unit = step_gemm(dr, *w_hr_t);
       } else {
         dh_unit = dh;
         dy_t = dy[t].data_ptr<scalar_t>();
