@@ -182,3 +182,16 @@ def test_every_kernel_build_and_gemm_path_matches_reference(env):
 def test_env_backend_overrides_auto():
     backend, worst = _run_case({"FUSED_S2S_BACKEND": "reference"})
     assert backend == "reference" and worst == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16bit_inputs_compute_in_fp32(dtype):
+    """16-bit inputs run the fp32 kernel; the result is the fp32 reference rounded to the dtype."""
+    args = make_layer_args(T=6, B=10, I=5, H=8, P=0, lengths=True, dtype=dtype)
+    out = lstm_layer(*args, backend="cpu")
+    as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    for name, a, e in zip(("y", "h_n", "c_n"), out, reference_layer(*as_fp32)):
+        assert a.dtype == dtype
+        assert_close(a, e.to(dtype), name)
+    grads = torch.autograd.grad(out, differentiable(args), [torch.ones_like(o) for o in out])
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)

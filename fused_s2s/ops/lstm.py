@@ -61,6 +61,16 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return _reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    if x.dtype in (torch.bfloat16, torch.float16):
+        # The CPU kernel computes 16-bit inputs in fp32 (fp32 products and cell state, as the GPU kernels
+        # do) and rounds the results back to the input's dtype; autograd carries the casts.
+        out = _cpu_layer(*(None if t is None else t.float() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)),
+                         lengths, reverse)
+        return tuple(t.to(x.dtype) for t in out)
+    return _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+
+
+def _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.lstm_layer_fwd(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     return y, h_n, c_n
