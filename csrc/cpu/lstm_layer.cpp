@@ -25,7 +25,14 @@ namespace {
 
 // Below this many rows the recurrent product uses small_gemm: a GEMM library's per-call cost (~10 µs)
 // is larger than the arithmetic of a batch of a few rows.
-constexpr int64_t kSmallBatch = 8;
+int64_t small_batch_limit() {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("FUSED_S2S_SMALL_BATCH");
+    return env != nullptr ? std::atoll(env) : int64_t{8};
+  }();
+  return limit;
+}
+#define kSmallBatch small_batch_limit()
 
 // Every buffer the kernels fill is allocated here. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it
 // starts as NaN, so an element that a kernel forgets to write shows up in the results instead of passing
