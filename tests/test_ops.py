@@ -147,8 +147,8 @@ _SUBPROCESS_CASE = textwrap.dedent("""
     from tests.test_ops import make_layer_args, differentiable
     torch.manual_seed(0)
     worst = 0.0
-    for B, P, lengths, reverse in [(3, 0, True, False), (20, 0, False, True), (12, 4, True, True)]:
-        args = make_layer_args(T=6, B=B, I=37, H=21, P=P, lengths=lengths, reverse=reverse)
+    for B, P, lengths, reverse in [(3, 0, True, False), (20, 0, False, True), (12, 4, True, True), (7, 0, True, True)]:
+        args = make_layer_args(T=6, B=B, I=37, H=21 if B != 7 else 260, P=P, lengths=lengths, reverse=reverse)
         out, want = lstm_layer(*args), ref(*args)
         g = [torch.randn_like(o) for o in want]
         ins = differentiable(args)
@@ -172,7 +172,9 @@ def _run_case(env_update: dict[str, str]) -> tuple[str, float]:
     {"ATEN_CPU_CAPABILITY": "default"},
     {"ATEN_CPU_CAPABILITY": "avx2"},
     {"FUSED_S2S_DISABLE_ONEDNN": "1"},
-], ids=["capability-default", "capability-avx2", "aten-gemm"])
+    {"FUSED_S2S_FUSED_RECURRENCE": "0"},
+    {"OMP_NUM_THREADS": "1"},
+], ids=["capability-default", "capability-avx2", "aten-gemm", "step-by-step-forward", "one-thread"])
 def test_every_kernel_build_and_gemm_path_matches_reference(env):
     backend, worst = _run_case(env)
     assert backend == "cpu"

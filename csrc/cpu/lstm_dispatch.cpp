@@ -48,6 +48,8 @@ template <typename scalar_t>
 void small_gemm_pack(const SmallGemmPackArgs<scalar_t>& a) { FS2S_DISPATCH(small_gemm_pack, a) }
 template <typename scalar_t>
 int64_t small_gemm_panel_width() { FS2S_DISPATCH(small_gemm_panel_width, scalar_t()) }
+template <typename scalar_t>
+void fused_recurrence(const FusedRecurrenceArgs<scalar_t>& a) { FS2S_DISPATCH(fused_recurrence, a) }
 
 template void fwd_pointwise<float>(const FwdPointwiseArgs<float>&);
 template void fwd_pointwise<double>(const FwdPointwiseArgs<double>&);
@@ -59,5 +61,7 @@ template void small_gemm_pack<float>(const SmallGemmPackArgs<float>&);
 template void small_gemm_pack<double>(const SmallGemmPackArgs<double>&);
 template int64_t small_gemm_panel_width<float>();
 template int64_t small_gemm_panel_width<double>();
+template void fused_recurrence<float>(const FusedRecurrenceArgs<float>&);
+template void fused_recurrence<double>(const FusedRecurrenceArgs<double>&);
 
 }  // namespace fused_s2s::cpu

@@ -10,33 +10,11 @@
 
 #include "fused_s2s/lstm_cell.h"
 #include "lstm_kernels.h"
+#include "vec_math.h"
 
 namespace fused_s2s::cpu::CPU_CAPABILITY {
 
 using at::vec::Vectorized;
-
-// Activations on a vector of units. float: both from at::vec's fast exp (exp_u20, ~2 ulp), with
-// tanh(x) = 2·sigmoid(2x) − 1; SLEEF's tanh (1 ulp) made the pointwise pass cost as much as the step's GEMM.
-// The error stays at fp32 rounding of the result (|err| < 1e-6 for these bounded functions). double: SLEEF's
-// 1-ulp exp and tanh, for gradcheck.
-template <typename scalar_t>
-struct VecMath;
-
-template <>
-struct VecMath<float> {
-  using Vec = Vectorized<float>;
-  // exp_u20 does not propagate NaN; NaN in must be NaN out.
-  static Vec exp(Vec x) { return Vec::blendv(x.exp_u20(), x, x.isnan()); }
-  static Vec sigmoid(Vec x) { return Vec(1.0f) / (Vec(1.0f) + exp(x.neg())); }
-  static Vec tanh(Vec x) { return Vec(2.0f) / (Vec(1.0f) + exp(x * Vec(-2.0f))) - Vec(1.0f); }
-};
-
-template <>
-struct VecMath<double> {
-  using Vec = Vectorized<double>;
-  static Vec sigmoid(Vec x) { return Vec(1.0) / (Vec(1.0) + x.neg().exp()); }
-  static Vec tanh(Vec x) { return x.tanh(); }
-};
 
 // Units are split into blocks so that a batch of one still spreads over both cores when H is large, and
 // small steps stay on one thread (a parallel region costs a few microseconds).
@@ -132,13 +110,6 @@ void bwd_pointwise_impl(const BwdPointwiseArgs<scalar_t>& a) {
   });
 }
 
-// A panel is kColVecs vectors wide; R rows × kColVecs accumulators stay in registers.
-constexpr int kColVecs = 4;
-
-template <typename scalar_t>
-constexpr int64_t panel_width() {
-  return kColVecs * Vectorized<scalar_t>::size();
-}
 
 // R rows of x (from row b0) against panels [p0, p1).
 template <typename scalar_t, int R>
@@ -196,14 +167,17 @@ void small_gemm_impl(const SmallGemmArgs<scalar_t>& a) {
 template <typename scalar_t>
 void small_gemm_pack_impl(const SmallGemmPackArgs<scalar_t>& a) {
   constexpr int64_t W = panel_width<scalar_t>();
-  const int64_t panels = (a.N + W - 1) / W;
+  const int64_t panels = a.gate_units > 0 ? (a.gate_units + W / 4 - 1) / (W / 4) : (a.N + W - 1) / W;
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       scalar_t* panel = a.panels + p * a.K * W;
       for (int64_t k = 0; k < a.K; ++k)
         for (int64_t c = 0; c < W; ++c) {
-          const int64_t n = p * W + c;
-          panel[k * W + c] = n < a.N ? a.w[n * a.stride_n + k * a.stride_k] : scalar_t(0);
+          constexpr int64_t U = W / 4;  // units per panel when gate-interleaved
+          const int64_t unit = p * U + c % U;
+          const int64_t n = a.gate_units > 0 ? (c / U) * a.gate_units + unit : p * W + c;
+          const bool inside = a.gate_units > 0 ? unit < a.gate_units : n < a.N;
+          panel[k * W + c] = inside ? a.w[n * a.stride_n + k * a.stride_k] : scalar_t(0);
         }
     }
   });

@@ -47,13 +47,33 @@ struct SmallGemmArgs {
   int64_t B, N, K;
 };
 
-// Packs w (element (n, k) at w[n * stride_n + k * stride_k]) into the panel layout above.
+// Packs w (element (n, k) at w[n * stride_n + k * stride_k]) into the panel layout above. With
+// gate_units = H > 0 (w = W_hh, N = 4H), panel p instead holds the four gates of units [pV, pV + V),
+// V = width / 4: column g·V + u is row g·H + pV + u, so one panel yields whole cells (fused_recurrence).
 template <typename scalar_t>
 struct SmallGemmPackArgs {
   const scalar_t* w;
   int64_t stride_n, stride_k;
   scalar_t* panels;
   int64_t N, K;
+  int64_t gate_units = 0;
+};
+
+// The whole forward recurrence of a layer without projection in one parallel region: each thread owns
+// some panels of gate-interleaved W_hh (so the same units, and the same W_hh slice in its L2, at every
+// step), computes h_{t-1}·W_hhᵀ for them and applies the cell math straight from registers; one barrier
+// per step orders the exchange of h through a double buffer.
+template <typename scalar_t>
+struct FusedRecurrenceArgs {
+  const scalar_t* panels;  // W_hh [4H, H] packed with gate_units = H
+  scalar_t* gates;         // [T, B, 4H] in: x·W_ihᵀ + biases; out: activated i, f, g, o
+  scalar_t* cells;         // [T, B, H] out: c after each step (frozen rows included)
+  scalar_t* y;             // [T, B, H] out (0 where inactive)
+  scalar_t* h_buf;         // [2, B, H]: h_buf[0] holds h0; the final state ends in h_buf[T % 2]
+  scalar_t* c_state;       // [B, H] in: c0, out: c_n
+  const int64_t* lengths;  // [B] or nullptr
+  int64_t T, B, H;
+  bool reverse;
 };
 
 #define FS2S_DECLARE_KERNELS(NS)                                   \
@@ -68,6 +88,8 @@ struct SmallGemmPackArgs {
   void small_gemm_pack(const SmallGemmPackArgs<double>& a);        \
   int64_t small_gemm_panel_width(float);                           \
   int64_t small_gemm_panel_width(double);                          \
+  void fused_recurrence(const FusedRecurrenceArgs<float>& a);      \
+  void fused_recurrence(const FusedRecurrenceArgs<double>& a);     \
   }
 
 FS2S_DECLARE_KERNELS(DEFAULT)
@@ -87,5 +109,7 @@ template <typename scalar_t>
 void small_gemm_pack(const SmallGemmPackArgs<scalar_t>& a);
 template <typename scalar_t>
 int64_t small_gemm_panel_width();
+template <typename scalar_t>
+void fused_recurrence(const FusedRecurrenceArgs<scalar_t>& a);
 
 }  // namespace fused_s2s::cpu

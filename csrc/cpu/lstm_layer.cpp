@@ -77,6 +77,16 @@ at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
   return out;
 }
 
+// The fused recurrence (lstm_recurrence.cpp) runs layers without projection; FUSED_S2S_FUSED_RECURRENCE=0
+// selects the step-by-step path (GEMM library + pointwise pass) instead, for comparison.
+bool use_fused_recurrence() {
+  static const bool on = [] {
+    const char* env = std::getenv("FUSED_S2S_FUSED_RECURRENCE");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+
 // Per-step activity of each sequence, from the lengths tensor.
 struct ActiveRows {
   std::vector<int64_t> lengths;  // empty: every sequence has every step
@@ -154,6 +164,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor gates = fast_linear(x.view({T * B, I}), w_ih, combined_bias(b_ih, b_hh)).view({T, B, 4 * H});
   at::Tensor y = empty_buffer({T, B, P}, x.options());
   at::Tensor cells = empty_buffer({T, B, H}, x.options());
+  if (!w_hr.has_value() && use_fused_recurrence()) {
+    at::Tensor h_buf = empty_buffer({2, B, H}, x.options());
+    h_buf[0].copy_(h0);
+    at::Tensor c_state = c0.contiguous().clone();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_fwd", [&] {
+      at::Tensor panels;
+      {
+        const int64_t width = small_gemm_panel_width<scalar_t>(), units = width / 4;
+        panels = empty_buffer({(H + units - 1) / units, H, width}, x.options());
+        small_gemm_pack<scalar_t>(
+            {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
+      }
+      const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+      fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
+                                  y.data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
+                                  lengths.has_value() ? lengths_cpu.data_ptr<int64_t>() : nullptr, T, B, H, reverse});
+    });
+    return {y, h_buf[T % 2].clone(), c_state, gates, cells};
+  }
   at::Tensor h_state = h0.contiguous().clone();
   at::Tensor c_state = c0.contiguous().clone();
   at::Tensor h_raw = w_hr.has_value() ? empty_buffer({B, H}, x.options()) : h_state;
