@@ -139,7 +139,9 @@ def test_backend_errors():
     assert resolve_backend("reference", x.device) == "reference"
 
 
-# Each subprocess runs the same fixed case and prints the largest difference from the reference.
+# Each subprocess runs the same fixed cases and prints, for the worst output or gradient, the ratio of the
+# backend's error to the fp32 reference's own error, both measured against the float64 reference
+# (DESIGN.md §5: |fused − ref64| ≤ 2·|torch_fp32 − ref64| + floor).
 _SUBPROCESS_CASE = textwrap.dedent("""
     import torch
     from fused_s2s.ops.lstm import lstm_layer, resolve_backend
@@ -147,14 +149,22 @@ _SUBPROCESS_CASE = textwrap.dedent("""
     from tests.test_ops import make_layer_args, differentiable
     torch.manual_seed(0)
     worst = 0.0
-    for B, P, lengths, reverse in [(3, 0, True, False), (20, 0, False, True), (12, 4, True, True), (7, 0, True, True)]:
-        args = make_layer_args(T=6, B=B, I=37, H=21 if B != 7 else 260, P=P, lengths=lengths, reverse=reverse)
-        out, want = lstm_layer(*args), ref(*args)
-        g = [torch.randn_like(o) for o in want]
-        ins = differentiable(args)
-        got_g, want_g = torch.autograd.grad(out, ins, g), torch.autograd.grad(want, ins, g)
-        for a, e in list(zip(out, want)) + list(zip(got_g, want_g)):
-            worst = max(worst, float(((a - e).abs() / (1 + e.abs())).max()))
+
+    def results(fn, args):
+        out = fn(*args)
+        g = torch.Generator().manual_seed(1)
+        grads_out = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in out]
+        return list(out) + list(torch.autograd.grad(out, differentiable(args), grads_out))
+
+    for B, H, P, lengths, reverse in [(3, 21, 0, True, False), (20, 21, 0, False, True), (12, 21, 4, True, True),
+                                      (7, 260, 0, True, True)]:
+        args = make_layer_args(T=6, B=B, I=37, H=H, P=P, lengths=lengths, reverse=reverse)
+        args64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                  else a for a in args]
+        for got, want32, want64 in zip(results(lstm_layer, args), results(ref, args), results(ref, args64)):
+            err = float((got.double() - want64).abs().max())
+            own = float((want32.double() - want64).abs().max())
+            worst = max(worst, err / (2 * own + 1e-6 * (1 + float(want64.abs().max()))))
     print(resolve_backend("auto", torch.device("cpu")), worst)
 """)
 
@@ -178,12 +188,12 @@ def _run_case(env_update: dict[str, str]) -> tuple[str, float]:
 def test_every_kernel_build_and_gemm_path_matches_reference(env):
     backend, worst = _run_case(env)
     assert backend == "cpu"
-    assert worst < 1e-4, f"relative error {worst} with {env}"
+    assert worst <= 1.0, f"error {worst}x the allowed bound with {env}"
 
 
 def test_env_backend_overrides_auto():
     backend, worst = _run_case({"FUSED_S2S_BACKEND": "reference"})
-    assert backend == "reference" and worst == 0.0
+    assert backend == "reference" and worst <= 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
