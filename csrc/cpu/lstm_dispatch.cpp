@@ -50,6 +50,8 @@ template <typename scalar_t>
 int64_t small_gemm_panel_width() { FS2S_DISPATCH(small_gemm_panel_width, scalar_t()) }
 template <typename scalar_t>
 void fused_recurrence(const FusedRecurrenceArgs<scalar_t>& a) { FS2S_DISPATCH(fused_recurrence, a) }
+template <typename scalar_t>
+void fused_recurrence_bwd(const FusedRecurrenceBwdArgs<scalar_t>& a) { FS2S_DISPATCH(fused_recurrence_bwd, a) }
 
 template void fwd_pointwise<float>(const FwdPointwiseArgs<float>&);
 template void fwd_pointwise<double>(const FwdPointwiseArgs<double>&);
@@ -63,5 +65,7 @@ template int64_t small_gemm_panel_width<float>();
 template int64_t small_gemm_panel_width<double>();
 template void fused_recurrence<float>(const FusedRecurrenceArgs<float>&);
 template void fused_recurrence<double>(const FusedRecurrenceArgs<double>&);
+template void fused_recurrence_bwd<float>(const FusedRecurrenceBwdArgs<float>&);
+template void fused_recurrence_bwd<double>(const FusedRecurrenceBwdArgs<double>&);
 
 }  // namespace fused_s2s::cpu

@@ -76,6 +76,25 @@ struct FusedRecurrenceArgs {
   bool reverse;
 };
 
+// The whole backward recurrence of a layer without projection in one parallel region, the mirror of
+// FusedRecurrenceArgs: each thread owns panels of W_hhᵀ (plain panels of 4V hidden units), computes
+// dG_{t'}·W_hh for its units (t' the step processed just before), adds dy[t] and runs the cell backward for
+// those units straight from registers; one barrier per step orders the exchange of dG[t].
+template <typename scalar_t>
+struct FusedRecurrenceBwdArgs {
+  const scalar_t* panels;  // w = W_hhᵀ [H, 4H] packed as plain panels (gate_units = 0)
+  const scalar_t* gates;   // [T, B, 4H] saved activated gates
+  const scalar_t* cells;   // [T, B, H] saved cells
+  const scalar_t* c0;      // [B, H]
+  const scalar_t* dy;      // [T, B, H]
+  scalar_t* dgates;        // [T, B, 4H] out (0 where inactive)
+  scalar_t* dh;            // [B, H] in: dL/dh_n; out: dL/dh0
+  scalar_t* dc;            // [B, H] in: dL/dc_n; out: dL/dc0
+  const int64_t* lengths;  // [B] or nullptr
+  int64_t T, B, H;
+  bool reverse;
+};
+
 #define FS2S_DECLARE_KERNELS(NS)                                   \
   namespace NS {                                                   \
   void fwd_pointwise(const FwdPointwiseArgs<float>& a);            \
@@ -90,6 +109,8 @@ struct FusedRecurrenceArgs {
   int64_t small_gemm_panel_width(double);                          \
   void fused_recurrence(const FusedRecurrenceArgs<float>& a);      \
   void fused_recurrence(const FusedRecurrenceArgs<double>& a);     \
+  void fused_recurrence_bwd(const FusedRecurrenceBwdArgs<float>& a);  \
+  void fused_recurrence_bwd(const FusedRecurrenceBwdArgs<double>& a); \
   }
 
 FS2S_DECLARE_KERNELS(DEFAULT)
@@ -111,5 +132,7 @@ template <typename scalar_t>
 int64_t small_gemm_panel_width();
 template <typename scalar_t>
 void fused_recurrence(const FusedRecurrenceArgs<scalar_t>& a);
+template <typename scalar_t>
+void fused_recurrence_bwd(const FusedRecurrenceBwdArgs<scalar_t>& a);
 
 }  // namespace fused_s2s::cpu

@@ -232,9 +232,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                   cells.sizes() == at::IntArrayRef({T, B, H}) && y.sizes() == dy.sizes(),
               "lstm_layer_bwd: saved tensors do not match the layer's shapes");
   // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
-  const StepWeight w_hh_t(w_hh_in.t(), B);  // [P, 4H]
-  const std::optional<StepWeight> w_hr_t =
-      proj ? std::optional<StepWeight>(StepWeight(w_hr_in->t(), B)) : std::nullopt;  // [H, P]
 
   at::Tensor dgates = empty_buffer({T, B, 4 * H}, x.options());
   at::Tensor dh = dh_n.contiguous().clone();  // gradient reaching the recurrent state h_t (P wide)
@@ -244,7 +241,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor c0c = c0.contiguous();
   ActiveRows active(lengths, B);
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
+  if (!proj && use_fused_recurrence()) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
+      const int64_t width = small_gemm_panel_width<scalar_t>();
+      at::Tensor panels = empty_buffer({(H + width - 1) / width, 4 * H, width}, x.options());
+      const at::Tensor w_hh = w_hh_in.contiguous();  // packed as W_hhᵀ: element (n, k) = w_hh[k, n]
+      small_gemm_pack<scalar_t>({w_hh.data_ptr<scalar_t>(), 1, H, panels.data_ptr<scalar_t>(), H, 4 * H, 0});
+      const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+      fused_recurrence_bwd<scalar_t>({panels.data_ptr<scalar_t>(), gates.contiguous().data_ptr<scalar_t>(),
+                                      cells.contiguous().data_ptr<scalar_t>(), c0c.data_ptr<scalar_t>(),
+                                      dy.data_ptr<scalar_t>(), dgates.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+                                      dc.data_ptr<scalar_t>(),
+                                      lengths.has_value() ? lengths_cpu.data_ptr<int64_t>() : nullptr, T, B, H,
+                                      reverse});
+    });
+  } else AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
+    // The step products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
+    const StepWeight w_hh_t(w_hh_in.t(), B);  // [P, 4H]
+    const std::optional<StepWeight> w_hr_t =
+        proj ? std::optional<StepWeight>(StepWeight(w_hr_in->t(), B)) : std::nullopt;  // [H, P]
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step processed before t
