@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "fused_s2s/lstm_cell.h"
 #include "lstm_kernels.h"
@@ -20,72 +21,99 @@
 namespace fused_s2s::cpu::CPU_CAPABILITY {
 namespace {
 
-// R rows from b0, one panel (V units × 4 gates) of step t.
+// Rows [b0, b0 + R) of acc[B, W] (+)= x[b, k0:k1] · panel[k0:k1, :]; R × kColVecs accumulators in registers.
 template <typename scalar_t, int R>
-void cell_rows(const FusedRecurrenceArgs<scalar_t>& a, int64_t t, const scalar_t* h_prev, scalar_t* h_next,
-               int64_t b0, int64_t p) {
+void panel_fma_rows(const scalar_t* x, int64_t ldx, const scalar_t* panel, int64_t k0, int64_t k1, scalar_t* acc,
+                    int64_t b0, bool first) {
   using Vec = Vectorized<scalar_t>;
   constexpr int64_t V = Vec::size(), W = panel_width<scalar_t>();
-  const int64_t H = a.H, K = a.H;
-  const int64_t j = p * V;                                  // first unit of the panel
-  const int cnt = static_cast<int>(std::min<int64_t>(V, H - j));  // units of the panel inside H
-  const scalar_t* panel = a.panels + p * K * W;
-  Vec acc[R][4];
+  Vec sum[R][kColVecs];
   for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = Vec(scalar_t(0));
-  for (int64_t k = 0; k < K; ++k) {
-    Vec wv[4];
-    for (int g = 0; g < 4; ++g) wv[g] = Vec::loadu(panel + k * W + g * V);
+    for (int c = 0; c < kColVecs; ++c) sum[r][c] = first ? Vec(scalar_t(0)) : Vec::loadu(acc + (b0 + r) * W + c * V);
+  for (int64_t k = k0; k < k1; ++k) {
+    Vec wv[kColVecs];
+    for (int c = 0; c < kColVecs; ++c) wv[c] = Vec::loadu(panel + k * W + c * V);
     for (int r = 0; r < R; ++r) {
-      const Vec hv(h_prev[(b0 + r) * H + k]);
-      for (int g = 0; g < 4; ++g) acc[r][g] = at::vec::fmadd(hv, wv[g], acc[r][g]);
+      const Vec xv(x[(b0 + r) * ldx + k]);
+      for (int c = 0; c < kColVecs; ++c) sum[r][c] = at::vec::fmadd(xv, wv[c], sum[r][c]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const int64_t b = b0 + r;
-    scalar_t* c_state = a.c_state + b * H + j;
-    scalar_t* c_saved = a.cells + (t * a.B + b) * H + j;
-    scalar_t* y = a.y + (t * a.B + b) * H + j;
-    if (a.lengths != nullptr && t >= a.lengths[b]) {  // past the sequence's end: freeze, output zero
-      std::memcpy(c_saved, c_state, cnt * sizeof(scalar_t));
-      std::memcpy(h_next + b * H + j, h_prev + b * H + j, cnt * sizeof(scalar_t));
-      std::fill(y, y + cnt, scalar_t(0));
-      continue;
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kColVecs; ++c) sum[r][c].store(acc + (b0 + r) * W + c * V);
+}
+
+// acc[B, W] = x[B, K] · panel[K, W] (x with row stride ldx). K is walked in chunks whose slice of the panel
+// stays in L1 while every row group uses it; the panel as a whole stays in this core's L2 across steps.
+template <typename scalar_t>
+void panel_product(const scalar_t* x, int64_t ldx, int64_t B, const scalar_t* panel, int64_t K, scalar_t* acc) {
+  constexpr int kRows = 6;  // 6 rows × 4 vectors = 24 accumulators
+  constexpr int64_t kChunk = 128;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t k1 = std::min(K, k0 + kChunk);
+    const bool first = k0 == 0;
+    int64_t b = 0;
+    for (; b + kRows <= B; b += kRows) panel_fma_rows<scalar_t, kRows>(x, ldx, panel, k0, k1, acc, b, first);
+    switch (B - b) {
+      case 5: panel_fma_rows<scalar_t, 5>(x, ldx, panel, k0, k1, acc, b, first); break;
+      case 4: panel_fma_rows<scalar_t, 4>(x, ldx, panel, k0, k1, acc, b, first); break;
+      case 3: panel_fma_rows<scalar_t, 3>(x, ldx, panel, k0, k1, acc, b, first); break;
+      case 2: panel_fma_rows<scalar_t, 2>(x, ldx, panel, k0, k1, acc, b, first); break;
+      case 1: panel_fma_rows<scalar_t, 1>(x, ldx, panel, k0, k1, acc, b, first); break;
+      default: break;
     }
-    scalar_t* gi = a.gates + (t * a.B + b) * 4 * H + j;
-    const Vec ai = acc[r][0] + Vec::loadu(gi, cnt);
-    const Vec af = acc[r][1] + Vec::loadu(gi + H, cnt);
-    const Vec ag = acc[r][2] + Vec::loadu(gi + 2 * H, cnt);
-    const Vec ao = acc[r][3] + Vec::loadu(gi + 3 * H, cnt);
-    Vec i, f, g, o, c, h;
-    lstm_cell_forward<Vec, VecMath<scalar_t>>(ai, af, ag, ao, Vec::loadu(c_state, cnt), i, f, g, o, c, h);
-    i.store(gi, cnt);
-    f.store(gi + H, cnt);
-    g.store(gi + 2 * H, cnt);
-    o.store(gi + 3 * H, cnt);
-    c.store(c_state, cnt);
-    c.store(c_saved, cnt);
-    h.store(h_next + b * H + j, cnt);
-    h.store(y, cnt);
   }
 }
 
+// Per-thread scratch for panel_product's [B, W] accumulators.
+template <typename scalar_t>
+scalar_t* scratch(int64_t elems) {
+  thread_local std::vector<scalar_t> buf;
+  if (static_cast<int64_t>(buf.size()) < elems) buf.resize(elems);
+  return buf.data();
+}
+
+// ---- forward ----
+
+// Step s (time t) for panels [p0, p1): each panel is V units × 4 gates.
 template <typename scalar_t>
 void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p0, int64_t p1) {
-  constexpr int kRows = 6;  // 6 rows × 4 gates = 24 vector accumulators
+  using Vec = Vectorized<scalar_t>;
+  constexpr int64_t V = Vec::size(), W = panel_width<scalar_t>();
+  const int64_t H = a.H, B = a.B;
   const int64_t t = a.reverse ? a.T - 1 - s : s;
-  const scalar_t* h_prev = a.h_buf + (s % 2) * a.B * a.H;
-  scalar_t* h_next = a.h_buf + ((s + 1) % 2) * a.B * a.H;
+  const scalar_t* h_prev = a.h_buf + (s % 2) * B * H;
+  scalar_t* h_next = a.h_buf + ((s + 1) % 2) * B * H;
+  scalar_t* acc = scratch<scalar_t>(B * W);
   for (int64_t p = p0; p < p1; ++p) {
-    int64_t b = 0;
-    for (; b + kRows <= a.B; b += kRows) cell_rows<scalar_t, kRows>(a, t, h_prev, h_next, b, p);
-    switch (a.B - b) {
-      case 5: cell_rows<scalar_t, 5>(a, t, h_prev, h_next, b, p); break;
-      case 4: cell_rows<scalar_t, 4>(a, t, h_prev, h_next, b, p); break;
-      case 3: cell_rows<scalar_t, 3>(a, t, h_prev, h_next, b, p); break;
-      case 2: cell_rows<scalar_t, 2>(a, t, h_prev, h_next, b, p); break;
-      case 1: cell_rows<scalar_t, 1>(a, t, h_prev, h_next, b, p); break;
-      default: break;
+    panel_product(h_prev, H, B, a.panels + p * H * W, H, acc);
+    const int64_t j = p * V;                                         // first unit of the panel
+    const int cnt = static_cast<int>(std::min<int64_t>(V, H - j));  // units of the panel inside H
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* c_state = a.c_state + b * H + j;
+      scalar_t* c_saved = a.cells + (t * B + b) * H + j;
+      scalar_t* y = a.y + (t * B + b) * H + j;
+      if (a.lengths != nullptr && t >= a.lengths[b]) {  // past the sequence's end: freeze, output zero
+        std::memcpy(c_saved, c_state, cnt * sizeof(scalar_t));
+        std::memcpy(h_next + b * H + j, h_prev + b * H + j, cnt * sizeof(scalar_t));
+        std::fill(y, y + cnt, scalar_t(0));
+        continue;
+      }
+      scalar_t* gi = a.gates + (t * B + b) * 4 * H + j;
+      const scalar_t* ab = acc + b * W;
+      const Vec ai = Vec::loadu(ab) + Vec::loadu(gi, cnt);
+      const Vec af = Vec::loadu(ab + V) + Vec::loadu(gi + H, cnt);
+      const Vec ag = Vec::loadu(ab + 2 * V) + Vec::loadu(gi + 2 * H, cnt);
+      const Vec ao = Vec::loadu(ab + 3 * V) + Vec::loadu(gi + 3 * H, cnt);
+      Vec i, f, g, o, c, h;
+      lstm_cell_forward<Vec, VecMath<scalar_t>>(ai, af, ag, ao, Vec::loadu(c_state, cnt), i, f, g, o, c, h);
+      i.store(gi, cnt);
+      f.store(gi + H, cnt);
+      g.store(gi + 2 * H, cnt);
+      o.store(gi + 3 * H, cnt);
+      c.store(c_state, cnt);
+      c.store(c_saved, cnt);
+      h.store(h_next + b * H + j, cnt);
+      h.store(y, cnt);
     }
   }
 }
@@ -123,70 +151,54 @@ void fused_recurrence_impl(const FusedRecurrenceArgs<scalar_t>& a) {
 
 // ---- backward ----
 
-// R rows from b0, one panel (4V hidden units) of backward step s (time t). Phase 1: unless s is the first
-// step, dh = dG[t_before]·W_hh for rows active at t_before (the step processed just before t in backward
-// order; other rows keep dh). Phase 2 (s < T): the cell backward of step t for these units.
-template <typename scalar_t, int R>
-void bwd_cell_rows(const FusedRecurrenceBwdArgs<scalar_t>& a, int64_t s, int64_t b0, int64_t p) {
+// Backward step s (time t) for panels [p0, p1), each 4V hidden units. First, unless s is the first step,
+// dh = dG[t_before]·W_hh for rows active at t_before (the step processed just before t in backward order;
+// other rows keep dh). Then (s < T) the cell backward of step t for these units.
+template <typename scalar_t>
+void bwd_panels_of_step(const FusedRecurrenceBwdArgs<scalar_t>& a, int64_t s, int64_t p0, int64_t p1) {
   using Vec = Vectorized<scalar_t>;
   constexpr int64_t V = Vec::size(), W = panel_width<scalar_t>();
-  const int64_t H = a.H, K = 4 * a.H, T = a.T;
+  const int64_t H = a.H, K = 4 * a.H, T = a.T, B = a.B;
   auto time_of = [&](int64_t step) { return a.reverse ? step : T - 1 - step; };  // backward order
   auto active = [&](int64_t b, int64_t t) { return a.lengths == nullptr || t < a.lengths[b]; };
-  const int64_t j0 = p * W;
-  if (s > 0) {
-    const int64_t t_before = time_of(s - 1);
-    const scalar_t* dg = a.dgates + t_before * a.B * K;
-    const scalar_t* panel = a.panels + p * K * W;
-    Vec acc[R][kColVecs];
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kColVecs; ++c) acc[r][c] = Vec(scalar_t(0));
-    for (int64_t k = 0; k < K; ++k) {
-      Vec wv[kColVecs];
-      for (int c = 0; c < kColVecs; ++c) wv[c] = Vec::loadu(panel + k * W + c * V);
-      for (int r = 0; r < R; ++r) {
-        const Vec gv(dg[(b0 + r) * K + k]);
-        for (int c = 0; c < kColVecs; ++c) acc[r][c] = at::vec::fmadd(gv, wv[c], acc[r][c]);
+  scalar_t* acc = scratch<scalar_t>(B * W);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t j0 = p * W;
+    if (s > 0) {
+      const int64_t t_before = time_of(s - 1);
+      panel_product(a.dgates + t_before * B * K, K, B, a.panels + p * K * W, K, acc);
+      for (int64_t b = 0; b < B; ++b) {
+        if (!active(b, t_before)) continue;  // a frozen step passes dh through
+        std::memcpy(a.dh + b * H + j0, acc + b * W, std::min<int64_t>(W, H - j0) * sizeof(scalar_t));
       }
     }
-    for (int r = 0; r < R; ++r) {
-      if (!active(b0 + r, t_before)) continue;  // a frozen step passes dh through
-      for (int c = 0; c < kColVecs; ++c) {
-        const int64_t j = j0 + c * V;
-        if (j >= H) break;
-        acc[r][c].store(a.dh + (b0 + r) * H + j, static_cast<int>(std::min<int64_t>(V, H - j)));
+    if (s == T) continue;
+    const int64_t t = time_of(s);
+    const int64_t t_prev = a.reverse ? t + 1 : t - 1;  // the step before t in forward order (c_{t-1})
+    const bool first_fwd = s == T - 1;                  // t is the first step of the forward pass
+    for (int64_t b = 0; b < B; ++b) {
+      const bool on = active(b, t);
+      for (int64_t j = j0; j < std::min(H, j0 + W); j += V) {
+        const int cnt = static_cast<int>(std::min<int64_t>(V, H - j));
+        scalar_t* dg = a.dgates + (t * B + b) * K + j;
+        if (!on) {
+          for (int g = 0; g < 4; ++g) std::fill(dg + g * H, dg + g * H + cnt, scalar_t(0));
+          continue;
+        }
+        const scalar_t* gt = a.gates + (t * B + b) * K + j;
+        const scalar_t* cp = first_fwd ? a.c0 + b * H + j : a.cells + (t_prev * B + b) * H + j;
+        const Vec dh = Vec::loadu(a.dh + b * H + j, cnt) + Vec::loadu(a.dy + (t * B + b) * H + j, cnt);
+        Vec dc = Vec::loadu(a.dc + b * H + j, cnt);
+        Vec dai, daf, dag, dao;
+        lstm_cell_backward<Vec, VecMath<scalar_t>>(
+            Vec::loadu(gt, cnt), Vec::loadu(gt + H, cnt), Vec::loadu(gt + 2 * H, cnt), Vec::loadu(gt + 3 * H, cnt),
+            Vec::loadu(a.cells + (t * B + b) * H + j, cnt), Vec::loadu(cp, cnt), dh, dc, dai, daf, dag, dao);
+        dc.store(a.dc + b * H + j, cnt);
+        dai.store(dg, cnt);
+        daf.store(dg + H, cnt);
+        dag.store(dg + 2 * H, cnt);
+        dao.store(dg + 3 * H, cnt);
       }
-    }
-  }
-  if (s == T) return;
-  const int64_t t = time_of(s);
-  const int64_t t_prev = a.reverse ? t + 1 : t - 1;  // the step before t in forward order (c_{t-1})
-  const bool first_fwd = s == T - 1;                  // t is the first step of the forward pass
-  for (int r = 0; r < R; ++r) {
-    const int64_t b = b0 + r;
-    const bool on = active(b, t);
-    for (int c = 0; c < kColVecs; ++c) {
-      const int64_t j = j0 + c * V;
-      if (j >= H) break;
-      const int cnt = static_cast<int>(std::min<int64_t>(V, H - j));
-      scalar_t* dg = a.dgates + (t * a.B + b) * K + j;
-      if (!on) {
-        for (int g = 0; g < 4; ++g) std::fill(dg + g * H, dg + g * H + cnt, scalar_t(0));
-        continue;
-      }
-      const scalar_t* gt = a.gates + (t * a.B + b) * K + j;
-      const scalar_t* cp = first_fwd ? a.c0 + b * H + j : a.cells + (t_prev * a.B + b) * H + j;
-      const Vec dh = Vec::loadu(a.dh + b * H + j, cnt) + Vec::loadu(a.dy + (t * a.B + b) * H + j, cnt);
-      Vec dc = Vec::loadu(a.dc + b * H + j, cnt);
-      Vec dai, daf, dag, dao;
-      lstm_cell_backward<Vec, VecMath<scalar_t>>(
-          Vec::loadu(gt, cnt), Vec::loadu(gt + H, cnt), Vec::loadu(gt + 2 * H, cnt), Vec::loadu(gt + 3 * H, cnt),
-          Vec::loadu(a.cells + (t * a.B + b) * H + j, cnt), Vec::loadu(cp, cnt), dh, dc, dai, daf, dag, dao);
-      dc.store(a.dc + b * H + j, cnt);
-      dai.store(dg, cnt);
-      daf.store(dg + H, cnt);
-      dag.store(dg + 2 * H, cnt);
-      dao.store(dg + 3 * H, cnt);
     }
   }
 }
@@ -194,22 +206,9 @@ void bwd_cell_rows(const FusedRecurrenceBwdArgs<scalar_t>& a, int64_t s, int64_t
 template <typename scalar_t>
 void fused_recurrence_bwd_impl(const FusedRecurrenceBwdArgs<scalar_t>& a) {
   constexpr int64_t W = panel_width<scalar_t>();
-  constexpr int kRows = 6;
   // Steps 0..T-1 are the cells in backward order; step T only finishes dh0 from the last dG.
-  run_steps(a.T + 1, (a.H + W - 1) / W, 4 * a.H * W, [&](int64_t s, int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      int64_t b = 0;
-      for (; b + kRows <= a.B; b += kRows) bwd_cell_rows<scalar_t, kRows>(a, s, b, p);
-      switch (a.B - b) {
-        case 5: bwd_cell_rows<scalar_t, 5>(a, s, b, p); break;
-        case 4: bwd_cell_rows<scalar_t, 4>(a, s, b, p); break;
-        case 3: bwd_cell_rows<scalar_t, 3>(a, s, b, p); break;
-        case 2: bwd_cell_rows<scalar_t, 2>(a, s, b, p); break;
-        case 1: bwd_cell_rows<scalar_t, 1>(a, s, b, p); break;
-        default: break;
-      }
-    }
-  });
+  run_steps(a.T + 1, (a.H + W - 1) / W, 4 * a.H * W,
+            [&](int64_t s, int64_t p0, int64_t p1) { bwd_panels_of_step(a, s, p0, p1); });
 }
 
 }  // namespace
