@@ -11,6 +11,9 @@ TORCH_LIBRARY(fused_s2s, m) {
       "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, "
       "Tensor cells)");
   m.def(
+      "lstm_layer_infer(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)");
+  m.def(
       "lstm_layer_bwd(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, "
       "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor cells, "
       "bool need_dx) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor dw_hr)");
@@ -18,6 +21,7 @@ TORCH_LIBRARY(fused_s2s, m) {
 
 TORCH_LIBRARY_IMPL(fused_s2s, CPU, m) {
   m.impl("lstm_layer_fwd", &fused_s2s::cpu::lstm_layer_fwd);
+  m.impl("lstm_layer_infer", &fused_s2s::cpu::lstm_layer_infer);
   m.impl("lstm_layer_bwd", &fused_s2s::cpu::lstm_layer_bwd);
 }
 

@@ -100,6 +100,22 @@ def test_opcheck(P, lengths):
     torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_bwd.default, bwd_args)
 
 
+@pytest.mark.parametrize("case", [
+    dict(T=9, B=3, I=5, H=6, P=0, lengths=True, reverse=False),
+    dict(T=9, B=3, I=5, H=6, P=0, lengths=True, reverse=True),
+    dict(T=7, B=70, I=4, H=20, P=0, lengths=True, reverse=True),  # chunks of 8 steps, the last one odd
+    dict(T=8, B=90, I=4, H=20, P=0, lengths=False, reverse=False),
+    dict(T=5, B=4, I=3, H=7, P=3, lengths=True, reverse=True),
+], ids=lambda c: case_id(**c))
+def test_inference_op_matches_reference(case):
+    """Without grad the op runs lstm_layer_infer (chunked input projection, nothing saved)."""
+    args = make_layer_args(**case, requires_grad=False)
+    out = torch.ops.fused_s2s.lstm_layer_infer(*args)
+    for name, a, e in zip(("y", "h_n", "c_n"), out, reference_layer(*args)):
+        assert_close(a, e, name)
+    torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_infer.default, args)
+
+
 def test_nan_in_means_nan_out():
     args = list(make_layer_args(T=6, B=3, I=4, H=5, P=0, requires_grad=False))
     args[0][2, 1, 0] = float("nan")  # step 2 of sequence 1

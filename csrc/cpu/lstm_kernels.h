@@ -74,6 +74,7 @@ struct FusedRecurrenceArgs {
   const int64_t* lengths;  // [B] or nullptr
   int64_t T, B, H;
   bool reverse;
+  int64_t t_offset = 0;    // these T steps are steps t_offset.. of the sequence (for lengths)
 };
 
 // The whole backward recurrence of a layer without projection in one parallel region, the mirror of

@@ -87,6 +87,17 @@ bool use_fused_recurrence() {
   return on;
 }
 
+// W_hh [4H, H] packed into gate-interleaved panels for fused_recurrence.
+template <typename scalar_t>
+at::Tensor gate_panels(const at::Tensor& w_hh) {
+  const int64_t H = w_hh.size(1);
+  const int64_t width = small_gemm_panel_width<scalar_t>(), units = width / 4;
+  at::Tensor panels = empty_buffer({(H + units - 1) / units, H, width}, w_hh.options());
+  small_gemm_pack<scalar_t>(
+      {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
+  return panels;
+}
+
 // Per-step activity of each sequence, from the lengths tensor.
 struct ActiveRows {
   std::vector<int64_t> lengths;  // empty: every sequence has every step
@@ -169,13 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     h_buf[0].copy_(h0);
     at::Tensor c_state = c0.contiguous().clone();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_fwd", [&] {
-      at::Tensor panels;
-      {
-        const int64_t width = small_gemm_panel_width<scalar_t>(), units = width / 4;
-        panels = empty_buffer({(H + units - 1) / units, H, width}, x.options());
-        small_gemm_pack<scalar_t>(
-            {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
-      }
+      const at::Tensor panels = gate_panels<scalar_t>(w_hh);
       const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
       fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
                                   y.data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
@@ -216,6 +221,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     }
   });
   return {y, h_state, c_state, gates, cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
+    const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths, bool reverse) {
+  if (w_hr.has_value() || !use_fused_recurrence() || x_in.size(0) == 0) {
+    auto [y, h_n, c_n, gates, cells] = lstm_layer_fwd(x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, w_hr, lengths, reverse);
+    return {y, h_n, c_n};
+  }
+  check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr, lengths);
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
+  // Nothing is saved for backward, so the input projection is computed a chunk of steps at a time into
+  // one small buffer (about 512 rows: still an efficient GEMM, and it stays in cache for the recurrence)
+  // instead of a [T, B, 4H] tensor whose fresh pages cost more than the GEMM gains.
+  const int64_t chunk = std::min(T, std::max<int64_t>(2, (512 / std::max<int64_t>(B, 1) + 1) / 2 * 2));
+  const std::optional<at::Tensor> bias = combined_bias(b_ih, b_hh);
+  at::Tensor y = empty_buffer({T, B, H}, x.options());
+  at::Tensor cells = empty_buffer({chunk, B, H}, x.options());  // written by the kernel, not kept
+  at::Tensor h_buf = empty_buffer({2, B, H}, x.options());
+  h_buf[0].copy_(h0);
+  at::Tensor c_state = c0.contiguous().clone();
+  const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_infer", [&] {
+    const at::Tensor panels = gate_panels<scalar_t>(w_hh);
+    for (int64_t done = 0; done < T; done += chunk) {
+      const int64_t n = std::min(chunk, T - done);
+      const int64_t t0 = reverse ? T - done - n : done;  // first time index of this chunk
+      at::Tensor gates = fast_linear(x.narrow(0, t0, n).view({n * B, I}), w_ih, bias);
+      fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
+                                  y[t0].data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
+                                  lengths.has_value() ? lengths_cpu.data_ptr<int64_t>() : nullptr, n, B, H, reverse,
+                                  t0});
+      if (n % 2 == 1) h_buf[0].copy_(h_buf[1]);  // the next chunk starts from h_buf[0]
+    }
+  });
+  return {y, h_buf[0].clone(), c_state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd(

@@ -15,6 +15,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths, bool reverse);
 
+// Forward for inference: -> y, h_n, c_n only; saves nothing, so it never holds a [T, B, 4H] buffer.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
+    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths, bool reverse);
+
 // -> dx [T, B, I] (empty unless need_dx), dh0 [B, P], dc0 [B, H], dw_ih, dw_hh, db [4H] (both biases'
 //    gradient), dw_hr [P, H] (empty without a projection)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd(

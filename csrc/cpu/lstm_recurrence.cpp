@@ -92,7 +92,7 @@ void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p
       scalar_t* c_state = a.c_state + b * H + j;
       scalar_t* c_saved = a.cells + (t * B + b) * H + j;
       scalar_t* y = a.y + (t * B + b) * H + j;
-      if (a.lengths != nullptr && t >= a.lengths[b]) {  // past the sequence's end: freeze, output zero
+      if (a.lengths != nullptr && t + a.t_offset >= a.lengths[b]) {  // past the end: freeze, output zero
         std::memcpy(c_saved, c_state, cnt * sizeof(scalar_t));
         std::memcpy(h_next + b * H + j, h_prev + b * H + j, cnt * sizeof(scalar_t));
         std::fill(y, y + cnt, scalar_t(0));

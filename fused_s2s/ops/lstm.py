@@ -5,6 +5,7 @@ reverse semantics). Stacks, directions and PackedSequence are composed above thi
 
 The C++ ops (schemas in csrc/ops.cpp):
     fused_s2s::lstm_layer_fwd  -> y, h_n, c_n, gates (activated, [T, B, 4H]), cells ([T, B, H])
+    fused_s2s::lstm_layer_infer -> y, h_n, c_n (no grad needed: saves nothing, chunked input projection)
     fused_s2s::lstm_layer_bwd  -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr
 gates and cells are what backward needs (cuDNN's reserve space); they are marked non-differentiable.
 """
@@ -71,9 +72,12 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
 
 
 def _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
-    y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.lstm_layer_fwd(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    return y, h_n, c_n
+    args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8]):
+        y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.lstm_layer_fwd(*args)
+        return y, h_n, c_n
+    # Nothing will call backward: the inference op saves nothing (no [T, B, 4H] buffer to allocate).
+    return torch.ops.fused_s2s.lstm_layer_infer(*args)
 
 
 # ---- fake (meta) kernels: shapes only, no data access ----
@@ -87,6 +91,13 @@ if _C_ERROR is None:
         P = w_hr.shape[0] if w_hr is not None else H
         return (x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H), x.new_empty(T, B, 4 * H),
                 x.new_empty(T, B, H))
+
+    @torch.library.register_fake("fused_s2s::lstm_layer_infer")
+    def _lstm_layer_infer_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+        T, B, _ = x.shape
+        H = w_ih.shape[0] // 4
+        P = w_hr.shape[0] if w_hr is not None else H
+        return x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)
 
     @torch.library.register_fake("fused_s2s::lstm_layer_bwd")
     def _lstm_layer_bwd_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells,
