@@ -223,3 +223,11 @@ def test_16bit_inputs_compute_in_fp32(dtype):
         assert_close(a, e.to(dtype), name)
     grads = torch.autograd.grad(out, differentiable(args), [torch.ones_like(o) for o in out])
     assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+def test_saturated_gates_match_reference():
+    """Pre-activations far outside exp's range: sigmoid/tanh must saturate to 0, ±1 (never NaN)."""
+    args = list(make_layer_args(T=5, B=9, I=4, H=33, P=0, lengths=True, requires_grad=False))
+    args[0] = args[0] * 1e3
+    for a, e in zip(lstm_layer(*args, backend="cpu"), reference_layer(*args)):
+        assert_close(a, e, "saturated")
