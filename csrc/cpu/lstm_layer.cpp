@@ -23,8 +23,9 @@
 namespace fused_s2s::cpu {
 namespace {
 
-// Below this many rows the recurrent product uses small_gemm: a GEMM library's per-call cost (~10 µs)
-// is larger than the arithmetic of a batch of a few rows.
+// Up to this many rows the step-by-step path (projection layers, FUSED_S2S_FUSED_RECURRENCE=0) uses
+// small_gemm: a GEMM library's per-call cost (~10 µs) is larger than the arithmetic of a few rows.
+// FUSED_S2S_SMALL_BATCH overrides it (for A/B measurements).
 int64_t small_batch_limit() {
   static const int64_t limit = [] {
     const char* env = std::getenv("FUSED_S2S_SMALL_BATCH");
@@ -32,7 +33,6 @@ int64_t small_batch_limit() {
   }();
   return limit;
 }
-#define kSmallBatch small_batch_limit()
 
 // Every buffer the kernels fill is allocated here. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it
 // starts as NaN, so an element that a kernel forgets to write shows up in the results instead of passing
@@ -53,7 +53,7 @@ struct StepWeight {
   int64_t N, K;
   at::Tensor packed;
   StepWeight(const at::Tensor& w, int64_t rows) : N(w.size(0)), K(w.size(1)) {
-    if (rows > kSmallBatch) {
+    if (rows > small_batch_limit()) {
       packed = pack_weight(w.contiguous(), rows);
       return;
     }
@@ -68,7 +68,7 @@ struct StepWeight {
 // rows·wᵀ for the recurrent step, into a [B, N] tensor.
 at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
   const int64_t B = rows.size(0);
-  if (B > kSmallBatch) return fast_linear(rows, w.packed);
+  if (B > small_batch_limit()) return fast_linear(rows, w.packed);
   at::Tensor out = empty_buffer({B, w.N}, rows.options());
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fused_s2s_small_gemm", [&] {
     small_gemm<scalar_t>(
