@@ -23,14 +23,6 @@ Capability capability() {
 
 }  // namespace
 
-const char* kernel_capability() {
-  switch (capability()) {
-    case Capability::kAvx512: return "AVX512";
-    case Capability::kAvx2: return "AVX2";
-    default: return "DEFAULT";
-  }
-}
-
 #define FS2S_DISPATCH(FN, ARGS)                            \
   switch (capability()) {                                  \
     case Capability::kAvx512: return AVX512::FN(ARGS);     \

@@ -118,9 +118,6 @@ FS2S_DECLARE_KERNELS(DEFAULT)
 FS2S_DECLARE_KERNELS(AVX2)
 FS2S_DECLARE_KERNELS(AVX512)
 
-// The capability in use: "AVX512", "AVX2" or "DEFAULT".
-const char* kernel_capability();
-
 template <typename scalar_t>
 void fwd_pointwise(const FwdPointwiseArgs<scalar_t>& a);
 template <typename scalar_t>
