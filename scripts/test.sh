@@ -31,4 +31,3 @@ run_pytest "main" tests -q -m "not triton_interpret" "$@"
 #    own process; small shapes, the interpreter is slow). Enable when the Triton backend lands:
 # TRITON_INTERPRET=1 run_pytest "triton_interpret" tests -q -m triton_interpret
 
-echo "test.sh: all test runs passed"
