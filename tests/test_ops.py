@@ -231,3 +231,64 @@ def test_saturated_gates_match_reference():
     args[0] = args[0] * 1e3
     for a, e in zip(lstm_layer(*args, backend="cpu"), reference_layer(*args)):
         assert_close(a, e, "saturated")
+
+
+def test_nan_in_padding_does_not_reach_gradients():
+    """Padding positions of x are never read: NaN there leaves every output and gradient as the reference's."""
+    args = list(make_layer_args(T=6, B=5, I=4, H=7, P=0, lengths=True, reverse=True))
+    lens = args[8]
+    with torch.no_grad():
+        for b in range(5):
+            args[0][int(lens[b]):, b] = float("nan")
+    out, want = lstm_layer(*args, backend="cpu"), reference_layer(*args)
+    g = [torch.randn_like(o) for o in want]
+    got_g = torch.autograd.grad(out, differentiable(args), g)
+    want_g = torch.autograd.grad(want, differentiable(args), g)
+    for k, (a, e) in enumerate(list(zip(out, want)) + list(zip(got_g, want_g))):
+        assert_close(a, e, f"result {k}")
+        assert torch.isfinite(a).all(), f"result {k} is not finite"
+
+
+def test_double_backward_is_a_clear_error():
+    args = make_layer_args(T=3, B=2, I=3, H=4, P=0)
+    y, _, _ = lstm_layer(*args, backend="cpu")
+    (gx,) = torch.autograd.grad(y.sum(), [args[0]], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("bad", ["H0", "bias-shape", "bias-dtype", "w_hr-dtype", "bool-lengths"])
+def test_op_rejects_inconsistent_arguments(bad):
+    args = list(make_layer_args(T=3, B=2, I=3, H=4, P=2 if bad == "w_hr-dtype" else 0, lengths=True,
+                                requires_grad=False))
+    if bad == "H0":
+        args[3], args[4], args[5], args[6] = torch.randn(0, 3), torch.randn(0, 4), None, None
+        args[1], args[2] = torch.randn(2, 0), torch.randn(2, 0)
+    elif bad == "bias-shape":
+        args[5] = torch.randn(1)
+    elif bad == "bias-dtype":
+        args[5] = args[5].double()
+    elif bad == "w_hr-dtype":
+        args[7] = args[7].double()
+    else:
+        args[8] = torch.ones(2, dtype=torch.bool)
+    for op in (torch.ops.fused_s2s.lstm_layer_fwd, torch.ops.fused_s2s.lstm_layer_infer):
+        with pytest.raises(RuntimeError, match="lstm_layer: "):
+            op(*args)
+
+
+def test_compiled_backward_with_non_contiguous_inputs():
+    """The fake kernels must promise the strides the C++ ops return (contiguous), whatever the inputs'."""
+    args = list(make_layer_args(T=4, B=3, I=5, H=6, P=0))
+    w_ih = torch.randn(5, 24).t().requires_grad_()  # [4H, I], not contiguous
+    h0 = torch.randn(6, 3).t().requires_grad_()      # [B, H], not contiguous
+    args[3], args[1] = w_ih, h0
+
+    def loss(*a):
+        return lstm_layer(*a, backend="cpu")[0].square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    got = torch.autograd.grad(compiled(*args), differentiable(args))
+    want = torch.autograd.grad(loss(*args), differentiable(args))
+    for k, (a, e) in enumerate(zip(got, want)):
+        assert_close(a, e, f"grad {k}")

@@ -138,17 +138,34 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c
   TORCH_CHECK(c0.sizes() == at::IntArrayRef({B, H}), "lstm_layer: c0 must be [", B, ", ", H, "], got ", c0.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "lstm_layer: the CPU kernel takes float32 or float64, got ", x.scalar_type());
-  for (const at::Tensor* t : {&h0, &c0, &w_ih, &w_hh})
+  TORCH_CHECK(H > 0, "lstm_layer: hidden_size must be greater than zero");
+  std::vector<const at::Tensor*> tensors = {&h0, &c0, &w_ih, &w_hh};
+  if (w_hr.has_value()) tensors.push_back(&*w_hr);
+  for (const at::Tensor* t : tensors)
     TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
-                "lstm_layer: every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(), ")");
+                "lstm_layer: every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(),
+                "), got ", t->scalar_type(), ", ", t->device());
   if (lengths.has_value()) {
     TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "lstm_layer: lengths must be [", B, "], got ",
                 lengths->sizes());
-    TORCH_CHECK(!lengths->is_floating_point(), "lstm_layer: lengths must be an integer tensor");
-    at::Tensor l = lengths->to(at::kCPU, at::kLong);
-    TORCH_CHECK(B == 0 || (l.min().item<int64_t>() >= 1 && l.max().item<int64_t>() <= T),
-                "lstm_layer: every length must be in [1, ", T, "], got ", l);
+    TORCH_CHECK(at::isIntegralType(lengths->scalar_type(), /*includeBool=*/false),
+                "lstm_layer: lengths must be an integer tensor, got ", lengths->scalar_type());
+    at::Tensor l = lengths->to(at::kCPU, at::kLong).contiguous();
+    const int64_t* lp = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK(lp[b] >= 1 && lp[b] <= T, "lstm_layer: every length must be in [1, ", T, "], got lengths[", b,
+                  "] = ", lp[b]);
   }
+}
+
+void check_biases(const at::Tensor& x, int64_t H, const std::optional<at::Tensor>& b_ih,
+                  const std::optional<at::Tensor>& b_hh) {
+  for (const std::optional<at::Tensor>* b : {&b_ih, &b_hh})
+    if (b->has_value())
+      TORCH_CHECK((*b)->dim() == 1 && (*b)->size(0) == 4 * H && (*b)->scalar_type() == x.scalar_type() &&
+                      (*b)->device() == x.device(),
+                  "lstm_layer: biases must be [", 4 * H, "] of x's dtype and device, got ", (*b)->sizes(), " ",
+                  (*b)->scalar_type(), " on ", (*b)->device());
 }
 
 std::optional<at::Tensor> combined_bias(const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
@@ -165,6 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& w_hr_in, const std::optional<at::Tensor>& lengths, bool reverse) {
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr_in, lengths);
+  check_biases(x_in, w_ih_in.size(0) / 4, b_ih, b_hh);
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const std::optional<at::Tensor> w_hr =
       w_hr_in.has_value() ? std::optional<at::Tensor>(w_hr_in->contiguous()) : std::nullopt;
@@ -227,11 +245,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
     const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_in,
     const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths, bool reverse) {
-  if (w_hr.has_value() || !use_fused_recurrence() || x_in.size(0) == 0) {
+  if (w_hr.has_value() || !use_fused_recurrence() || x_in.dim() != 3 || x_in.size(0) == 0) {
     auto [y, h_n, c_n, gates, cells] = lstm_layer_fwd(x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, w_hr, lengths, reverse);
     return {y, h_n, c_n};
   }
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr, lengths);
+  check_biases(x_in, w_ih_in.size(0) / 4, b_ih, b_hh);
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
   // Nothing is saved for backward, so the input projection is computed a chunk of steps at a time into
@@ -340,7 +359,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   const at::Tensor dg2 = dgates.view({T * B, 4 * H});
   at::Tensor dx = need_dx ? fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I}) : at::empty({0}, x.options());
-  at::Tensor dw_ih = at::mm(dg2.t(), x.view({T * B, I}));
+  // Padding steps have dG = 0, but whatever x holds there (NaN, inf) must not reach dW_ih as 0 * NaN.
+  at::Tensor x_valid = x;
+  if (lengths.has_value()) {
+    const at::Tensor t_index = at::arange(T, lengths->options().dtype(at::kLong).device(at::kCPU)).view({T, 1});
+    const at::Tensor padding = t_index >= lengths->to(at::kCPU, at::kLong).view({1, B});  // [T, B]
+    x_valid = x.masked_fill(padding.unsqueeze(-1).to(x.device()), 0);
+  }
+  at::Tensor dw_ih = at::mm(dg2.t(), x_valid.view({T * B, I}));
   // dW_hh = sum over steps of dG_t^T · h_{t-1}. For every step but each sequence's first, h_{t-1} is the
   // previous step's output y (y is 0 where the previous step was inactive, which only happens where the
   // step itself is a reverse sequence's first); the first steps take h0.

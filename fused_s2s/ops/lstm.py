@@ -102,9 +102,10 @@ if _C_ERROR is None:
     @torch.library.register_fake("fused_s2s::lstm_layer_bwd")
     def _lstm_layer_bwd_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells,
                              need_dx):
-        dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-        dw_hr = torch.empty_like(w_hr) if w_hr is not None else x.new_empty(0)
-        return (dx, torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih), torch.empty_like(w_hh),
+        # new_empty, not empty_like: the C++ op returns contiguous tensors whatever the inputs' strides
+        dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
+        dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
+        return (dx, x.new_empty(h0.shape), x.new_empty(c0.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape),
                 x.new_empty(w_ih.shape[0]), dw_hr)
 
     # ---- autograd ----
@@ -126,3 +127,18 @@ if _C_ERROR is None:
                 db if ctx.has_bias[1] else None, dw_hr if w_hr is not None else None, None, None)
 
     torch.library.register_autograd("fused_s2s::lstm_layer_fwd", _backward, setup_context=_setup_context)
+
+    # The backward and inference ops have no derivative. Without an autograd registration torch would only
+    # warn and record the last ATen call inside them, giving silently wrong double backward.
+    def _no_setup(ctx, inputs, output):
+        pass
+
+    def _not_differentiable(name):
+        def backward(ctx, *grads):
+            raise RuntimeError(
+                f"fused_s2s::{name} is not differentiable: double backward (create_graph=True, gradient "
+                "penalties) through the fused LSTM is not supported; use backend='reference' for it")
+        return backward
+
+    for _name in ("lstm_layer_bwd", "lstm_layer_infer"):
+        torch.library.register_autograd(f"fused_s2s::{_name}", _not_differentiable(_name), setup_context=_no_setup)

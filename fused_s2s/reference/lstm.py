@@ -73,8 +73,8 @@ def _check_lengths(lengths: Tensor, T: int, B: int) -> None:
     """The oracle refuses lengths outside the op's contract rather than silently doing something."""
     if lengths.dim() != 1 or lengths.numel() != B:
         raise ValueError(f"lengths must have shape [{B}] (one per batch entry), got {list(lengths.shape)}")
-    if lengths.dtype != torch.int64:
-        raise ValueError(f"lengths must be int64, got {lengths.dtype}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
     if B > 0 and (int(lengths.min()) < 1 or int(lengths.max()) > T):
         raise ValueError(f"every length must be in [1, {T}], got {lengths.tolist()}")
 
@@ -113,14 +113,16 @@ def lstm_layer(
     ys: list[Tensor | None] = [None] * T
     steps = range(T - 1, -1, -1) if reverse else range(T)
     for t in steps:
-        h_new, c_new = lstm_cell(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
         if lengths is None:
-            h, c = h_new, c_new
-            ys[t] = h_new
+            h, c = lstm_cell(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
+            ys[t] = h
         else:
             # [B, 1] mask of sequences still running at step t. torch.where (not a multiply) so that an
-            # inactive step contributes nothing, not even 0 * inf = NaN, to values or gradients.
+            # inactive step contributes nothing, not even 0 * inf = NaN, to values or gradients; the padded
+            # input itself is masked too, or a NaN there would reach the weight gradients (as 0 * NaN).
             active = (lengths > t).unsqueeze(1)
+            x_t = torch.where(active, x[t], torch.zeros_like(x[t]))
+            h_new, c_new = lstm_cell(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
             h = torch.where(active, h_new, h)
             c = torch.where(active, c_new, c)
             ys[t] = torch.where(active, h_new, torch.zeros_like(h_new))
