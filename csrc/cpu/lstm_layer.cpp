@@ -98,6 +98,14 @@ at::Tensor gate_panels(const at::Tensor& w_hh) {
   return panels;
 }
 
+// The lengths as contiguous int64 on the CPU, where the kernels read them (nullptr: every row has T steps).
+struct CpuLengths {
+  at::Tensor values;
+  explicit CpuLengths(const std::optional<at::Tensor>& lengths)
+      : values(lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor()) {}
+  const int64_t* data() const { return values.defined() ? values.data_ptr<int64_t>() : nullptr; }
+};
+
 // Per-step activity of each sequence, from the lengths tensor.
 struct ActiveRows {
   std::vector<int64_t> lengths;  // empty: every sequence has every step
@@ -199,10 +207,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     at::Tensor c_state = c0.contiguous().clone();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_fwd", [&] {
       const at::Tensor panels = gate_panels<scalar_t>(w_hh);
-      const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+      const CpuLengths lengths_cpu(lengths);
       fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
                                   y.data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
-                                  lengths.has_value() ? lengths_cpu.data_ptr<int64_t>() : nullptr, T, B, H, reverse});
+                                  lengths_cpu.data(), T, B, H, reverse});
     });
     return {y, h_buf[T % 2].clone(), c_state, gates, cells};
   }
@@ -263,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
   at::Tensor h_buf = empty_buffer({2, B, H}, x.options());
   h_buf[0].copy_(h0);
   at::Tensor c_state = c0.contiguous().clone();
-  const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  const CpuLengths lengths_cpu(lengths);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_infer", [&] {
     const at::Tensor panels = gate_panels<scalar_t>(w_hh);
     for (int64_t done = 0; done < T; done += chunk) {
@@ -272,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
       at::Tensor gates = fast_linear(x.narrow(0, t0, n).view({n * B, I}), w_ih, bias);
       fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
                                   y[t0].data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
-                                  lengths.has_value() ? lengths_cpu.data_ptr<int64_t>() : nullptr, n, B, H, reverse,
+                                  lengths_cpu.data(), n, B, H, reverse,
                                   t0});
       if (n % 2 == 1) h_buf[0].copy_(h_buf[1]);  // the next chunk starts from h_buf[0]
     }
@@ -309,12 +317,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       at::Tensor panels = empty_buffer({(H + width - 1) / width, 4 * H, width}, x.options());
       const at::Tensor w_hh = w_hh_in.contiguous();  // packed as W_hhᵀ: element (n, k) = w_hh[k, n]
       small_gemm_pack<scalar_t>({w_hh.data_ptr<scalar_t>(), 1, H, panels.data_ptr<scalar_t>(), H, 4 * H, 0});
-      const at::Tensor lengths_cpu = lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+      const CpuLengths lengths_cpu(lengths);
       fused_recurrence_bwd<scalar_t>({panels.data_ptr<scalar_t>(), gates.contiguous().data_ptr<scalar_t>(),
                                       cells.contiguous().data_ptr<scalar_t>(), c0c.data_ptr<scalar_t>(),
                                       dy.data_ptr<scalar_t>(), dgates.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
                                       dc.data_ptr<scalar_t>(),
-                                      lengths.has_value() ? lengths_cpu.data_ptr<int64_t>() : nullptr, T, B, H,
+                                      lengths_cpu.data(), T, B, H,
                                       reverse});
     });
   } else AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
