@@ -1,0 +1,92 @@
+"""Ahead-of-time compilation of every shipped Triton kernel × config × dtype for sm_80 and sm_90, no GPU.
+
+Each kernel file lists its cases in `aot_cases() -> list[AotCase]`; `compile_case` builds one for one
+architecture and reads its resource usage from the cubin with the cuobjdump that triton ships. A spill
+(LOCAL > 0) or a compile error fails the check (scripts/triton_aot_check.py, tests/test_triton_aot.py).
+Must run in a process where TRITON_INTERPRET is not set: the interpreter replaces the JIT functions.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ARCHS = (80, 90)
+TORCH_TO_TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+@dataclass
+class AotCase:
+    """One kernel instantiation to compile: the kernel, its full signature and its constexpr values."""
+
+    kernel: Any                     # a triton.JITFunction
+    name: str                       # kernel name for the table, e.g. "lstm_step_fwd"
+    config: str                     # the shipped config, e.g. "BB16-BH64-w4-s1"
+    dtype: str                      # "fp32", "fp16" or "bf16": the dtype the launcher would pass
+    signature: dict[str, str]       # every argument: "*fp32", "i32", "constexpr", ...
+    constexprs: dict[str, Any]      # values of the constexpr arguments
+    num_warps: int = 4
+    num_stages: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AotResult:
+    """What one compile produced: registers, shared memory (bytes), spills (local-memory bytes)."""
+
+    case: AotCase
+    arch: int
+    registers: int
+    shared: int
+    spills: int
+    error: str = ""
+
+
+def _cuobjdump() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def compile_case(case: AotCase, arch: int) -> AotResult:
+    """Compile `case` for sm_`arch` (warp size 32) and read REG/SHARED/LOCAL from the cubin."""
+    try:
+        src = ASTSource(fn=case.kernel, signature=case.signature, constexprs=case.constexprs)
+        options = {"num_warps": case.num_warps, "num_stages": case.num_stages, "enable_fp_fusion": True,
+                   **case.options}
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    except Exception as e:  # noqa: BLE001 - reported as a failed row, never swallowed
+        return AotResult(case, arch, -1, -1, -1, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+        path = f.name
+    try:
+        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", path], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.unlink(path)
+    m = re.search(r"REG:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", out)
+    if m is None:
+        return AotResult(case, arch, -1, -1, -1, error=f"cannot parse cuobjdump output: {out!r}")
+    registers, static_shared, local = (int(g) for g in m.groups())
+    # Triton's shared memory is dynamic: the metadata holds it; the cubin's SHARED is the static part.
+    return AotResult(case, arch, registers, max(static_shared, compiled.metadata.shared), local)
+
+
+def all_cases() -> list[AotCase]:
+    """Every shipped kernel × config × dtype, gathered from the kernel files."""
+    import importlib
+
+    cases: list[AotCase] = []
+    for module in KERNEL_MODULES:
+        cases += importlib.import_module(module).aot_cases()
+    return cases
+
+
+# The kernel files that ship Triton kernels; each defines aot_cases().
+KERNEL_MODULES: list[str] = []
