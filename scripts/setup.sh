@@ -21,6 +21,9 @@ fi
 # 2. Build and test tools (pip skips what is already installed). CMake >= 3.24 is needed: use the system's
 #    if it is recent enough, else the PyPI package.
 "${PIP[@]}" scikit-build-core pybind11 ninja pytest pytest-benchmark
+# Triton (the GPU kernels; on this CPU they run under TRITON_INTERPRET=1 and are compiled ahead of time for
+# sm_80/sm_90), matplotlib (the report's plot) and tqdm (progress over benchmark cases).
+"${PIP[@]}" triton==3.9.0 matplotlib tqdm
 cmake_ok() {  # true if `cmake` is on PATH and at least 3.24
   local v major minor
   v="$(cmake --version 2>/dev/null | head -n1 | sed -n 's/^cmake version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
@@ -30,7 +33,6 @@ if ! cmake_ok; then
   echo "setup: cmake missing or older than 3.24, installing cmake from PyPI"
   "${PIP[@]}" "cmake>=3.24"
 fi
-# (Triton for the interpreter tests goes here when the Triton backend lands.)
 
 # 3. The package itself, editable, built against the torch installed above (no isolated build env, which
 #    would fetch another torch). Re-running re-configures CMake and rebuilds only what changed.
