@@ -7,16 +7,20 @@ The C++ ops (schemas in csrc/ops.cpp):
     fused_s2s::lstm_layer_fwd  -> y, h_n, c_n, gates (activated, [T, B, 4H]), cells ([T, B, H])
     fused_s2s::lstm_layer_infer -> y, h_n, c_n (no grad needed: saves nothing, chunked input projection)
     fused_s2s::lstm_layer_bwd  -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr
-gates and cells are what backward needs (cuDNN's reserve space); they are marked non-differentiable.
+The Triton ops (fused_s2s/ops/lstm_triton.py) mirror them: triton_lstm_layer_fwd (with a `save` flag
+instead of a separate inference op) and triton_lstm_layer_bwd. gates and cells are what backward needs
+(cuDNN's reserve space); they are marked non-differentiable. Autograd for both families is registered here.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from fused_s2s.ops import lstm_triton  # noqa: F401  (registers the fused_s2s::triton_lstm_* ops)
 from fused_s2s.reference import lstm as _reference
 
 try:  # the compiled extension registers the fused_s2s:: C++ ops when imported
@@ -26,7 +30,7 @@ try:  # the compiled extension registers the fused_s2s:: C++ ops when imported
 except ImportError as e:  # pragma: no cover - only on a broken install
     _C_ERROR = f"the C++ extension fused_s2s._C is not built ({e})"
 
-BACKENDS = ("auto", "cpu", "reference")
+BACKENDS = ("auto", "cpu", "triton", "reference")
 # Read once per process (and so constant under torch.compile): overrides backend="auto" for a whole run.
 ENV_BACKEND = os.environ.get("FUSED_S2S_BACKEND", "auto")
 
@@ -40,15 +44,32 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"FUSED_S2S_BACKEND must be one of {BACKENDS}, got {ENV_BACKEND!r}")
         backend = ENV_BACKEND
     if backend == "auto":
-        if device.type != "cpu":  # the GPU kernels arrive with their own issue; until then the oracle runs
-            return "reference"
-        backend = "cpu"
+        # CPU tensors: the C++ kernels. CUDA: Triton (the CUDA C++ LSTM kernels are not built yet).
+        backend = "cpu" if device.type == "cpu" else "triton"
+    if backend == "triton":
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"backend 'triton' is unavailable: {reason}")
     if backend == "cpu":
         if _C_ERROR is not None:
             raise RuntimeError(f"backend 'cpu' is unavailable: {_C_ERROR}")
         if device.type != "cpu":
             raise RuntimeError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
     return backend
+
+
+def triton_unavailable_reason(device: torch.device) -> Optional[str]:
+    """Why the Triton kernels cannot run on `device`, or None if they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return ("on CPU tensors Triton runs only under its interpreter: set TRITON_INTERPRET=1 before "
+                "triton is imported (the tests do); use backend='cpu' for the C++ kernels")
+    return f"Triton kernels need CUDA tensors, got tensors on {device}"
 
 
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -62,6 +83,12 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return _reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    if backend == "triton":
+        # fp16/bf16 run natively (fp32 accumulation and cell state inside the kernels)
+        args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8])
+        y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.triton_lstm_layer_fwd(*args, save)
+        return y, h_n, c_n
     if x.dtype in (torch.bfloat16, torch.float16):
         # The CPU kernel computes 16-bit inputs in fp32 (fp32 products and cell state, as the GPU kernels
         # do) and rounds the results back to the input's dtype; autograd carries the casts.
@@ -111,22 +138,31 @@ if _C_ERROR is None:
     # ---- autograd ----
 
     def _setup_context(ctx, inputs, output):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse = inputs
+        # inputs: the C++ op's ten, plus `save` for the Triton op
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse = inputs[:10]
         y, _h_n, _c_n, gates, cells = output
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cells)
         ctx.reverse = reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.mark_non_differentiable(gates, cells)
 
-    def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
-        x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cells = ctx.saved_tensors
-        need_dx = ctx.needs_input_grad[0]
-        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fused_s2s.lstm_layer_bwd(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, ctx.reverse, y, gates, cells, need_dx)
-        return (dx if need_dx else None, dh0, dc0, dw_ih, dw_hh, db if ctx.has_bias[0] else None,
-                db if ctx.has_bias[1] else None, dw_hr if w_hr is not None else None, None, None)
+    def _make_backward(bwd_op, n_inputs):
+        def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+            x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cells = ctx.saved_tensors
+            need_dx = ctx.needs_input_grad[0]
+            dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = bwd_op(
+                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, ctx.reverse, y, gates, cells, need_dx)
+            grads = (dx if need_dx else None, dh0, dc0, dw_ih, dw_hh, db if ctx.has_bias[0] else None,
+                     db if ctx.has_bias[1] else None, dw_hr if w_hr is not None else None)
+            return grads + (None,) * (n_inputs - len(grads))
+        return backward
 
-    torch.library.register_autograd("fused_s2s::lstm_layer_fwd", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("fused_s2s::lstm_layer_fwd",
+                                    _make_backward(torch.ops.fused_s2s.lstm_layer_bwd, 10),
+                                    setup_context=_setup_context)
+    torch.library.register_autograd("fused_s2s::triton_lstm_layer_fwd",
+                                    _make_backward(torch.ops.fused_s2s.triton_lstm_layer_bwd, 11),
+                                    setup_context=_setup_context)
 
     # The backward and inference ops have no derivative. Without an autograd registration torch would only
     # warn and record the last ATen call inside them, giving silently wrong double backward.
@@ -140,5 +176,5 @@ if _C_ERROR is None:
                 "penalties) through the fused LSTM is not supported; use backend='reference' for it")
         return backward
 
-    for _name in ("lstm_layer_bwd", "lstm_layer_infer"):
+    for _name in ("lstm_layer_bwd", "lstm_layer_infer", "triton_lstm_layer_bwd"):
         torch.library.register_autograd(f"fused_s2s::{_name}", _not_differentiable(_name), setup_context=_no_setup)

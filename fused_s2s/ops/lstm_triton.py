@@ -1,0 +1,102 @@
+"""The Triton backend of the one-layer LSTM op: torch.library ops around fused_s2s/triton/lstm.py.
+
+    fused_s2s::triton_lstm_layer_fwd -> y, h_n, c_n, gates, cells   (gates/cells empty when save=False)
+    fused_s2s::triton_lstm_layer_bwd -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr   (the C++ bwd op's schema)
+
+The input projection (one GEMM for all steps) and the weight/input gradients (one GEMM each over all steps)
+are torch ops here; the recurrences are the Triton kernels. triton is imported on first use only, so
+defining these ops never needs it. Autograd is registered in fused_s2s/ops/lstm.py, shared with the C++ ops.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _kernels():
+    from fused_s2s.triton import lstm as kernels  # lazy: imports triton
+
+    return kernels
+
+
+def _step_mask(lengths: Tensor, T: int) -> Tensor:
+    """[T, B, 1] bool: True where step t is inside sequence b."""
+    return (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :])[..., None]
+
+
+@torch.library.custom_op("fused_s2s::triton_lstm_layer_fwd", mutates_args=())
+def triton_lstm_layer_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                          b_hh: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                          save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, I = x.shape
+    G = w_ih.shape[0]
+    bias = None
+    if b_ih is not None or b_hh is not None:
+        bias = (b_ih if b_ih is not None else 0) + (b_hh if b_hh is not None else 0)
+    x2 = x.reshape(T * B, I)
+    xp = (torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()).view(T, B, G)
+    lengths = lengths.to(x.device) if lengths is not None else None
+    y, h_n, c_n, gates, cells = _kernels().lstm_fwd(
+        xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+        lengths, reverse, save)
+    if not save:
+        gates, cells = x.new_empty(0), x.new_empty(0, dtype=torch.float32)
+    return y, h_n, c_n, gates, cells
+
+
+@triton_lstm_layer_fwd.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
+    T, B, _ = x.shape
+    H = w_ih.shape[0] // 4
+    P = w_hr.shape[0] if w_hr is not None else H
+    gates = x.new_empty(T, B, 4 * H) if save else x.new_empty(0)
+    cells = x.new_empty(T, B, H, dtype=torch.float32) if save else x.new_empty(0, dtype=torch.float32)
+    return x.new_empty(T, B, P), x.new_empty(B, P), c0.new_empty(B, H), gates, cells
+
+
+@torch.library.custom_op("fused_s2s::triton_lstm_layer_bwd", mutates_args=())
+def triton_lstm_layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
+                          w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, y: Tensor,
+                          gates: Tensor, cells: Tensor, need_dx: bool
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, I = x.shape
+    G = gates.shape[2]
+    P = w_hh.shape[1]
+    lengths = lengths.to(x.device) if lengths is not None else None
+    dg, dh0, dc0, dht = _kernels().lstm_bwd(
+        dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), c0.contiguous(), w_hh.contiguous(),
+        None if w_hr is None else w_hr.contiguous(), lengths, reverse, gates, cells)
+    dg2 = dg.view(T * B, G)
+    dx = (dg2 @ w_ih).view(T, B, I) if need_dx else x.new_empty(0)
+    valid = _step_mask(lengths, T) if lengths is not None else None
+    # Padding steps have dG = 0, but x may hold NaN there (NaN·0 = NaN): keep it out of dW_ih.
+    x_used = torch.where(valid, x, 0) if valid is not None else x
+    dw_ih = dg2.t() @ x_used.reshape(T * B, I)
+    db = dg2.sum(0, dtype=torch.float32).to(dg.dtype)
+    # h_{t-1} of every step: the previous output in reading order, h0 at each sequence's first step.
+    if not reverse:
+        h_prev = torch.cat([h0[None], y[:-1]])
+    else:
+        h_prev = torch.cat([y[1:], h0[None]])
+        if lengths is not None:
+            first = (torch.arange(T, device=x.device)[:, None] + 1 >= lengths[None, :])[..., None]
+            h_prev = torch.where(first, h0[None], h_prev)
+    dw_hh = dg2.t() @ h_prev.reshape(T * B, P)
+    if w_hr is not None:
+        h_raw = gates[..., 3 * (G // 4):].float() * torch.tanh(cells)
+        if valid is not None:
+            h_raw = torch.where(valid, h_raw, 0)  # gates/cells are unwritten at padding positions
+        dw_hr = (dht.view(T * B, P).t() @ h_raw.view(T * B, G // 4)).to(w_hr.dtype)
+    else:
+        dw_hr = x.new_empty(0)
+    return dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, db, dw_hr
+
+
+@triton_lstm_layer_bwd.register_fake
+def _(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells, need_dx):
+    dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
+    dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
+    return (dx, h0.new_empty(h0.shape), c0.new_empty(c0.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape),
+            x.new_empty(w_ih.shape[0]), dw_hr)

@@ -1,0 +1,450 @@
+"""Triton LSTM kernels for one layer in one direction: forward recurrence and backward recurrence.
+
+The input projection X·W_ihᵀ + b_ih + b_hh for all steps is one torch GEMM before the forward kernel; the
+weight and input gradients are large torch GEMMs over all steps after the backward kernel (see
+fused_s2s/ops/lstm_triton.py). Only the recurrence is here.
+
+Two forward kernels share one body (`lstm_fwd_kernel`); the launcher picks one per call (`select_forward`):
+- **per-step**: one launch per time step; programs tile batch rows × hidden units, so even a small batch
+  spreads over many SMs. With proj_size > 0 a program owns all hidden units of its rows (the projection
+  needs the whole h row), still one launch per step.
+- **persistent**: one launch loops over all steps. Each program owns a tile of batch rows and all hidden
+  units, so programs never wait on each other (it runs under the interpreter) and re-read W_hh from L2
+  every step.
+The backward kernel (`lstm_bwd_kernel`) is persistent and batch-tiled the same way: per step it computes
+dh → gate gradients dG (saved for the weight GEMMs) → dh_{t-1} = dG·W_hh and dc_{t-1}.
+
+Lengths and direction (the semantics of fused_s2s.reference.lstm.lstm_layer): at iteration s a row b is
+active while s < len_b; it then reads time t_b = s (forward) or len_b - 1 - s (reverse). An inactive row keeps
+its state and writes a zero output at time s, which is then a padding position. So every y[t, b] is written.
+
+Precision: fp32, fp16 and bf16 inputs; products accumulate in fp32 and the cell state c is fp32. fp32 dots
+use IEEE fp32 unless torch.backends.cuda.matmul.allow_tf32 is on.
+
+Interpreter note (DESIGN.md §2): under TRITON_INTERPRET=1, tl.dot on two bf16 operands returns garbage, so
+the launcher sets DOT_FP32 to upcast the operands there; compiled code keeps the native bf16 dot.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Tests set this: buffers a kernel must fully write start as NaN, so a missed element fails a comparison.
+POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Block sizes and launch parameters of one shipped configuration."""
+
+    block_b: int   # batch rows per program (≥ 16: tl.dot's minimum M)
+    block_h: int   # hidden units per inner block (4 gate accumulators of [block_b, block_h] fp32)
+    block_k: int   # reduction tile of h·W_hhᵀ and of the projection
+    num_warps: int
+    num_stages: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"BB{self.block_b}-BH{self.block_h}-BK{self.block_k}-w{self.num_warps}-s{self.num_stages}"
+
+
+# Every shipped configuration, in one place. The AOT check compiles each for sm_80/sm_90 × fp32/fp16/bf16.
+FWD_CONFIGS = (Config(16, 32, 32, 4), Config(16, 64, 64, 4), Config(32, 64, 32, 8))
+BWD_CONFIGS = (Config(16, 32, 32, 4), Config(16, 64, 64, 4))
+
+
+def pick_config(configs: tuple[Config, ...], B: int, H: int) -> Config:
+    """Rule: the smallest tiles for small problems (more programs, less masking), the larger otherwise."""
+    if H <= 64 or INTERPRET:
+        return configs[0]
+    if B >= 256 and len(configs) > 2:
+        return configs[2]
+    return configs[1]
+
+
+def select_forward(B: int, H: int, P: int, T: int, config: Config, sm_count: int) -> str:
+    """"persistent" or "per_step" for a forward call; FUSED_S2S_TRITON_LSTM_KERNEL overrides it.
+
+    Per-step costs a launch (~3-5 µs) per step but spreads a step over cdiv(B, block_b)·cdiv(H, block_h)
+    programs. Persistent has only cdiv(B, block_b) programs, each re-reading all of W_hh every step: worth it
+    when W_hh is small (H·P ≤ 256², launch overhead dominates) or the batch alone fills half the SMs.
+    """
+    override = os.environ.get("FUSED_S2S_TRITON_LSTM_KERNEL", "")
+    if override:
+        if override not in ("persistent", "per_step"):
+            raise ValueError(f"FUSED_S2S_TRITON_LSTM_KERNEL must be 'persistent' or 'per_step', got {override!r}")
+        return override
+    batch_programs = triton.cdiv(B, config.block_b)
+    if H * P <= 256 * 256 or batch_programs >= max(1, sm_count // 2):
+        return "persistent"
+    return "per_step"
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # 2σ(2x) − 1: saturates to ±1 without inf/inf, and NaN stays NaN
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _row_time(s, lens, row_ok, REVERSE: tl.constexpr):
+    """(active, t): whether each row runs at iteration s, and the time step it reads or writes then."""
+    active = row_ok & (s < lens)
+    if REVERSE:
+        t = lens - 1 - s
+    else:
+        t = lens * 0 + s
+    return active, tl.where(active, t, s).to(tl.int64)
+
+
+@triton.jit
+def lstm_fwd_kernel(
+    XP,       # [T, B, 4H] input projection plus both biases (input dtype)
+    W_HH,     # [4H, P] recurrent weight (input dtype)
+    W_HR,     # [P, H] projection weight (HAS_PROJ)
+    LEN,      # [B] int64 sequence lengths (HAS_LEN)
+    HS,       # [2, B, P] h ping-pong: HS[s % 2] holds h before iteration s (input dtype)
+    CS,       # [B, H] fp32 cell state, updated in place (the launcher fills it with c0)
+    HRAW,     # [B, H] fp32 scratch: h before the projection (HAS_PROJ)
+    Y,        # [T, B, P] output
+    HN,       # [B, P] final h
+    GATES,    # [T, B, 4H] activated gates i, f, g, o (SAVE; written at active positions only)
+    CELLS,    # [T, B, H] fp32 cell states (SAVE; active positions only)
+    B, T, H, P,
+    s_begin, n_steps,       # iterations s_begin .. s_begin + n_steps - 1
+    units_per_program,      # hidden units per program along grid axis 1 (a multiple of BLOCK_H)
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    if HAS_LEN:
+        lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
+    else:
+        lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    u_begin = tl.program_id(1) * units_per_program
+    u_end = tl.minimum(u_begin + units_per_program, H)
+    G = 4 * H
+    out_ty = Y.dtype.element_ty
+
+    for i in range(n_steps):
+        s = s_begin + i
+        active, t = _row_time(s, lens, row_ok, REVERSE)
+        last = row_ok & ((lens * 0 + s) == T - 1)  # the final iteration also writes h_n
+        src = s % 2
+        dst = 1 - src
+        for u0 in range(u_begin, u_end, BLOCK_H):
+            units = u0 + tl.arange(0, BLOCK_H)
+            u_ok = units < u_end
+            ru = row_ok[:, None] & u_ok[None, :]
+            au = active[:, None] & u_ok[None, :]
+            xp = XP + (t * B + rows64)[:, None] * G + units[None, :]
+            acc_i = tl.load(xp, mask=au, other=0.0).to(tl.float32)
+            acc_f = tl.load(xp + H, mask=au, other=0.0).to(tl.float32)
+            acc_g = tl.load(xp + 2 * H, mask=au, other=0.0).to(tl.float32)
+            acc_o = tl.load(xp + 3 * H, mask=au, other=0.0).to(tl.float32)
+            for k0 in range(0, P, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < P
+                h_prev = tl.load(HS + (src * B + rows64)[:, None] * P + ks[None, :],
+                                 mask=row_ok[:, None] & k_ok[None, :], other=0.0)          # [BB, BK]
+                w = W_HH + units[None, :] * P + ks[:, None]                                  # [BK, BH] of W_hhᵀ
+                wm = k_ok[:, None] & u_ok[None, :]
+                acc_i += _dot(h_prev, tl.load(w, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_f += _dot(h_prev, tl.load(w + H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_g += _dot(h_prev, tl.load(w + 2 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_o += _dot(h_prev, tl.load(w + 3 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+            ig = _sigmoid(acc_i)
+            fg = _sigmoid(acc_f)
+            gg = _tanh(acc_g)
+            og = _sigmoid(acc_o)
+            cs = CS + rows64[:, None] * H + units[None, :]
+            c_prev = tl.load(cs, mask=ru, other=0.0)
+            c = fg * c_prev + ig * gg
+            h = og * _tanh(c)
+            tl.store(cs, tl.where(active[:, None], c, c_prev), mask=ru)
+            if SAVE:
+                gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
+                tl.store(gp, ig.to(out_ty), mask=au)
+                tl.store(gp + H, fg.to(out_ty), mask=au)
+                tl.store(gp + 2 * H, gg.to(out_ty), mask=au)
+                tl.store(gp + 3 * H, og.to(out_ty), mask=au)
+                tl.store(CELLS + (t * B + rows64)[:, None] * H + units[None, :], c, mask=au)
+            if HAS_PROJ:
+                tl.store(HRAW + rows64[:, None] * H + units[None, :], h, mask=ru)
+            else:
+                h_old = tl.load(HS + (src * B + rows64)[:, None] * P + units[None, :], mask=ru, other=0.0)
+                h_keep = tl.where(active[:, None], h.to(out_ty), h_old)
+                tl.store(HS + (dst * B + rows64)[:, None] * P + units[None, :], h_keep, mask=ru)
+                tl.store(Y + (t * B + rows64)[:, None] * P + units[None, :],
+                         tl.where(active[:, None], h, 0.0).to(out_ty), mask=ru)
+                tl.store(HN + rows64[:, None] * P + units[None, :], h_keep, mask=ru & last[:, None])
+        if HAS_PROJ:
+            # Orders the HRAW stores above (one program wrote all H units of its rows) before the loads
+            # below, which read them in the dot-operand layout.
+            tl.debug_barrier()
+            for p0 in range(0, P, BLOCK_H):
+                ps = p0 + tl.arange(0, BLOCK_H)
+                p_ok = ps < P
+                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                for k0 in range(0, H, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    k_ok = ks < H
+                    hr = tl.load(HRAW + rows64[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                                 other=0.0)
+                    w = tl.load(W_HR + ps[None, :] * H + ks[:, None], mask=k_ok[:, None] & p_ok[None, :],
+                                other=0.0)                                                   # [BK, BP] of W_hrᵀ
+                    acc += _dot(hr.to(W_HR.dtype.element_ty), w, DOT_FP32, PRECISION)
+                rp = row_ok[:, None] & p_ok[None, :]
+                h_old = tl.load(HS + (src * B + rows64)[:, None] * P + ps[None, :], mask=rp, other=0.0)
+                h_keep = tl.where(active[:, None], acc.to(out_ty), h_old)
+                tl.store(HS + (dst * B + rows64)[:, None] * P + ps[None, :], h_keep, mask=rp)
+                tl.store(Y + (t * B + rows64)[:, None] * P + ps[None, :],
+                         tl.where(active[:, None], acc, 0.0).to(out_ty), mask=rp)
+                tl.store(HN + rows64[:, None] * P + ps[None, :], h_keep, mask=rp & last[:, None])
+        # Orders this step's HS[dst] stores before the next step's HS loads (as dot operands, another
+        # layout), and this step's HS[src]/HRAW loads before the next step overwrites them.
+        tl.debug_barrier()
+
+
+@triton.jit
+def lstm_bwd_kernel(
+    DY,       # [T, B, P] gradient of y (input dtype)
+    GATES,    # [T, B, 4H] activated gates saved by the forward (input dtype)
+    CELLS,    # [T, B, H] fp32 cell states saved by the forward
+    C0,       # [B, H] initial cell state
+    W_HH,     # [4H, P]
+    W_HR,     # [P, H] (HAS_PROJ)
+    LEN,      # [B] int64 (HAS_LEN)
+    DHS,      # [2, B, P] fp32 ping-pong of the carried dh (the launcher fills DHS[0] with dh_n)
+    DCS,      # [B, H] fp32 carried dc, updated in place (filled with dc_n); holds dc0 at the end
+    DHRAW,    # [B, H] fp32 scratch: dh before the projection (HAS_PROJ)
+    DG,       # [T, B, 4H] pre-activation gate gradients (input dtype); zero at padding positions
+    DHT,      # [T, B, P] fp32 dh of the projected output, for dW_hr (HAS_PROJ); zero at padding positions
+    B, T, H, P,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    if HAS_LEN:
+        lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
+    else:
+        lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    G = 4 * H
+    dg_ty = DG.dtype.element_ty
+
+    for i in range(T):
+        s = T - 1 - i
+        active, t = _row_time(s, lens, row_ok, REVERSE)
+        if REVERSE:
+            t_prev = t + 1
+        else:
+            t_prev = t - 1
+        src = i % 2
+        dst = 1 - src
+        if HAS_PROJ:
+            # dh of the projected output, then back through the projection: dh_raw = dh·W_hr
+            for p0 in range(0, P, BLOCK_K):
+                ps = p0 + tl.arange(0, BLOCK_K)
+                rp = row_ok[:, None] & (ps < P)[None, :]
+                dh = tl.load(DHS + (src * B + rows64)[:, None] * P + ps[None, :], mask=rp, other=0.0)
+                dh += tl.load(DY + (t * B + rows64)[:, None] * P + ps[None, :],
+                              mask=rp & active[:, None], other=0.0).to(tl.float32)
+                tl.store(DHT + (t * B + rows64)[:, None] * P + ps[None, :], tl.where(active[:, None], dh, 0.0),
+                         mask=rp)
+            # Orders the DHT stores before their loads as dot operands below.
+            tl.debug_barrier()
+            for u0 in range(0, H, BLOCK_H):
+                units = u0 + tl.arange(0, BLOCK_H)
+                u_ok = units < H
+                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                for p0 in range(0, P, BLOCK_K):
+                    ps = p0 + tl.arange(0, BLOCK_K)
+                    p_ok = ps < P
+                    dh = tl.load(DHT + (t * B + rows64)[:, None] * P + ps[None, :],
+                                 mask=row_ok[:, None] & p_ok[None, :], other=0.0)
+                    w = tl.load(W_HR + ps[:, None] * H + units[None, :], mask=p_ok[:, None] & u_ok[None, :],
+                                other=0.0).to(tl.float32)
+                    acc += _dot(dh, w, True, PRECISION)
+                tl.store(DHRAW + rows64[:, None] * H + units[None, :], acc, mask=row_ok[:, None] & u_ok[None, :])
+            # Orders the DHRAW stores before the loads in the cell loop below (another layout).
+            tl.debug_barrier()
+        for u0 in range(0, H, BLOCK_H):
+            units = u0 + tl.arange(0, BLOCK_H)
+            u_ok = units < H
+            ru = row_ok[:, None] & u_ok[None, :]
+            au = active[:, None] & u_ok[None, :]
+            if HAS_PROJ:
+                dh = tl.load(DHRAW + rows64[:, None] * H + units[None, :], mask=au, other=0.0)
+            else:
+                dh = tl.load(DHS + (src * B + rows64)[:, None] * P + units[None, :], mask=au, other=0.0)
+                dh += tl.load(DY + (t * B + rows64)[:, None] * P + units[None, :], mask=au, other=0.0).to(tl.float32)
+            gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
+            ig = tl.load(gp, mask=au, other=0.0).to(tl.float32)
+            fg = tl.load(gp + H, mask=au, other=0.0).to(tl.float32)
+            gg = tl.load(gp + 2 * H, mask=au, other=0.0).to(tl.float32)
+            og = tl.load(gp + 3 * H, mask=au, other=0.0).to(tl.float32)
+            c = tl.load(CELLS + (t * B + rows64)[:, None] * H + units[None, :], mask=au, other=0.0)
+            # c_{t-1}: the saved cell of the previous iteration, or c0 at a sequence's first step (s == 0)
+            first = ((lens * 0 + s) == 0)[:, None]
+            c_prev_saved = tl.load(CELLS + (t_prev * B + rows64)[:, None] * H + units[None, :],
+                                   mask=au & ~first, other=0.0)
+            c_init = tl.load(C0 + rows64[:, None] * H + units[None, :], mask=au & first, other=0.0).to(tl.float32)
+            c_prev = tl.where(first, c_init, c_prev_saved)
+            dc_carry = tl.load(DCS + rows64[:, None] * H + units[None, :], mask=ru, other=0.0)
+            tc = _tanh(c)
+            dc = dc_carry + dh * og * (1.0 - tc * tc)
+            d_i = dc * gg * ig * (1.0 - ig)
+            d_f = dc * c_prev * fg * (1.0 - fg)
+            d_g = dc * ig * (1.0 - gg * gg)
+            d_o = dh * tc * og * (1.0 - og)
+            tl.store(DCS + rows64[:, None] * H + units[None, :], tl.where(active[:, None], dc * fg, dc_carry),
+                     mask=ru)
+            dgp = DG + (t * B + rows64)[:, None] * G + units[None, :]
+            tl.store(dgp, tl.where(active[:, None], d_i, 0.0).to(dg_ty), mask=ru)
+            tl.store(dgp + H, tl.where(active[:, None], d_f, 0.0).to(dg_ty), mask=ru)
+            tl.store(dgp + 2 * H, tl.where(active[:, None], d_g, 0.0).to(dg_ty), mask=ru)
+            tl.store(dgp + 3 * H, tl.where(active[:, None], d_o, 0.0).to(dg_ty), mask=ru)
+        # Orders the DG stores above before their loads as dot operands below.
+        tl.debug_barrier()
+        # dh_{t-1} = dG·W_hh for active rows; inactive rows carry dh unchanged
+        for p0 in range(0, P, BLOCK_H):
+            ps = p0 + tl.arange(0, BLOCK_H)
+            p_ok = ps < P
+            acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+            for k0 in range(0, G, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < G
+                dg = tl.load(DG + (t * B + rows64)[:, None] * G + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                             other=0.0)
+                w = tl.load(W_HH + ks[:, None] * P + ps[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
+                acc += _dot(dg, w, DOT_FP32, PRECISION)
+            rp = row_ok[:, None] & p_ok[None, :]
+            carry = tl.load(DHS + (src * B + rows64)[:, None] * P + ps[None, :], mask=rp, other=0.0)
+            tl.store(DHS + (dst * B + rows64)[:, None] * P + ps[None, :], tl.where(active[:, None], acc, carry),
+                     mask=rp)
+        # Orders this step's DHS[dst] stores before the next step's loads of them, and this step's
+        # DHS[src]/DG/DHRAW loads before the next step overwrites those buffers.
+        tl.debug_barrier()
+
+
+# ---- launchers ----
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _dot_fp32(dtype: torch.dtype) -> bool:
+    return INTERPRET and dtype == torch.bfloat16  # see the module docstring
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def _output(shape, dtype, device) -> Tensor:
+    """A buffer the kernel writes completely: NaN-filled in tests, so a missed element shows."""
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor],
+             reverse: bool, save: bool, kernel: Optional[str] = None
+             ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Recurrence over xp [T, B, 4H] (input projection plus biases): y [T, B, P], h_n [B, P], c_n [B, H] (c0's
+    dtype), and when `save` the activated gates [T, B, 4H] and fp32 cells [T, B, H] for the backward.
+
+    All tensors are contiguous and on one device; lengths is int64 on that device. kernel: "persistent",
+    "per_step" or None (select_forward decides).
+    """
+    T, B, G = xp.shape
+    H = G // 4
+    P = w_hh.shape[1]
+    dtype, device = xp.dtype, xp.device
+    cfg = pick_config(FWD_CONFIGS, B, H)
+    kernel = kernel or select_forward(B, H, P, T, cfg, _sm_count(device))
+    hs = torch.empty(2, B, P, dtype=dtype, device=device)
+    hs[0] = h0
+    cs = c0.to(torch.float32, copy=True)
+    hraw = torch.empty(B, H, dtype=torch.float32, device=device) if w_hr is not None else cs
+    y = _output((T, B, P), dtype, device)
+    h_n = _output((B, P), dtype, device)
+    gates = torch.empty(T, B, G, dtype=dtype, device=device) if save else xp
+    cells = torch.empty(T, B, H, dtype=torch.float32, device=device) if save else cs
+    common = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
+                  HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=_dot_fp32(dtype),
+                  PRECISION=_precision(dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (xp, w_hh, w_hr if w_hr is not None else w_hh, lengths if lengths is not None else xp, hs, cs, hraw,
+            y, h_n, gates, cells, B, T, H, P)
+    batch_programs = triton.cdiv(B, cfg.block_b)
+    if T == 0:
+        pass
+    elif kernel == "persistent":
+        lstm_fwd_kernel[(batch_programs, 1)](*args, 0, T, triton.cdiv(H, cfg.block_h) * cfg.block_h, **common)
+    elif kernel == "per_step":
+        # with a projection a program needs whole h rows: one program per batch tile, still one launch a step
+        unit_programs = 1 if w_hr is not None else triton.cdiv(H, cfg.block_h)
+        units = triton.cdiv(H, cfg.block_h * unit_programs) * cfg.block_h
+        for s in range(T):
+            lstm_fwd_kernel[(batch_programs, unit_programs)](*args, s, 1, units, **common)
+    else:
+        raise ValueError(f"kernel must be 'persistent' or 'per_step', got {kernel!r}")
+    c_n = cs.to(c0.dtype)
+    return y, h_n, c_n, (gates if save else None), (cells if save else None)
+
+
+def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+             lengths: Optional[Tensor], reverse: bool, gates: Tensor, cells: Tensor
+             ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Backward recurrence: dG [T, B, 4H] (pre-activation gate gradients, zero at padding positions), dh0 [B, P]
+    (fp32), dc0 [B, H] (fp32) and, with a projection, dh of the projected output [T, B, P] (fp32) for dW_hr."""
+    T, B, G = gates.shape
+    H = G // 4
+    P = w_hh.shape[1]
+    dtype, device = gates.dtype, gates.device
+    cfg = pick_config(BWD_CONFIGS, B, H)
+    dhs = torch.empty(2, B, P, dtype=torch.float32, device=device)
+    dhs[0] = dh_n
+    dcs = dc_n.to(torch.float32, copy=True)
+    dhraw = torch.empty(B, H, dtype=torch.float32, device=device) if w_hr is not None else dcs
+    dg = _output((T, B, G), dtype, device)
+    dht = _output((T, B, P), torch.float32, device) if w_hr is not None else dcs
+    if T > 0:
+        lstm_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
+            dy, gates, cells, c0, w_hh, w_hr if w_hr is not None else w_hh,
+            lengths if lengths is not None else gates, dhs, dcs, dhraw, dg, dht, B, T, H, P,
+            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
+            HAS_LEN=lengths is not None, REVERSE=reverse, DOT_FP32=_dot_fp32(dtype), PRECISION=_precision(dtype),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dg, dhs[T % 2], dcs, (dht if w_hr is not None else None)
