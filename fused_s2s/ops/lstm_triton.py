@@ -21,6 +21,11 @@ def _kernels():
     return kernels
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' cell-state dtype (fused_s2s.triton.lstm.acc_dtype, without importing triton)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _step_mask(lengths: Tensor, T: int) -> Tensor:
     """[T, B, 1] bool: True where step t is inside sequence b."""
     return (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :])[..., None]
@@ -42,7 +47,7 @@ def triton_lstm_layer_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh:
         xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
         lengths, reverse, save)
     if not save:
-        gates, cells = x.new_empty(0), x.new_empty(0, dtype=torch.float32)
+        gates, cells = x.new_empty(0), x.new_empty(0, dtype=_acc_dtype(x.dtype))
     return y, h_n, c_n, gates, cells
 
 
@@ -52,7 +57,7 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
     H = w_ih.shape[0] // 4
     P = w_hr.shape[0] if w_hr is not None else H
     gates = x.new_empty(T, B, 4 * H) if save else x.new_empty(0)
-    cells = x.new_empty(T, B, H, dtype=torch.float32) if save else x.new_empty(0, dtype=torch.float32)
+    cells = x.new_empty((T, B, H) if save else (0,), dtype=_acc_dtype(x.dtype))
     return x.new_empty(T, B, P), x.new_empty(B, P), c0.new_empty(B, H), gates, cells
 
 

@@ -148,6 +148,7 @@ def lstm_fwd_kernel(
     u_end = tl.minimum(u_begin + units_per_program, H)
     G = 4 * H
     out_ty = Y.dtype.element_ty
+    ACC: tl.constexpr = CS.dtype.element_ty  # fp32, or fp64 for fp64 inputs
 
     for i in range(n_steps):
         s = s_begin + i
@@ -161,10 +162,10 @@ def lstm_fwd_kernel(
             ru = row_ok[:, None] & u_ok[None, :]
             au = active[:, None] & u_ok[None, :]
             xp = XP + (t * B + rows64)[:, None] * G + units[None, :]
-            acc_i = tl.load(xp, mask=au, other=0.0).to(tl.float32)
-            acc_f = tl.load(xp + H, mask=au, other=0.0).to(tl.float32)
-            acc_g = tl.load(xp + 2 * H, mask=au, other=0.0).to(tl.float32)
-            acc_o = tl.load(xp + 3 * H, mask=au, other=0.0).to(tl.float32)
+            acc_i = tl.load(xp, mask=au, other=0.0).to(ACC)
+            acc_f = tl.load(xp + H, mask=au, other=0.0).to(ACC)
+            acc_g = tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
+            acc_o = tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
             for k0 in range(0, P, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_ok = ks < P
@@ -208,7 +209,7 @@ def lstm_fwd_kernel(
             for p0 in range(0, P, BLOCK_H):
                 ps = p0 + tl.arange(0, BLOCK_H)
                 p_ok = ps < P
-                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
                 for k0 in range(0, H, BLOCK_K):
                     ks = k0 + tl.arange(0, BLOCK_K)
                     k_ok = ks < H
@@ -258,6 +259,7 @@ def lstm_bwd_kernel(
         lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
     G = 4 * H
     dg_ty = DG.dtype.element_ty
+    ACC: tl.constexpr = DCS.dtype.element_ty  # fp32, or fp64 for fp64 inputs
 
     for i in range(T):
         s = T - 1 - i
@@ -275,7 +277,7 @@ def lstm_bwd_kernel(
                 rp = row_ok[:, None] & (ps < P)[None, :]
                 dh = tl.load(DHS + (src * B + rows64)[:, None] * P + ps[None, :], mask=rp, other=0.0)
                 dh += tl.load(DY + (t * B + rows64)[:, None] * P + ps[None, :],
-                              mask=rp & active[:, None], other=0.0).to(tl.float32)
+                              mask=rp & active[:, None], other=0.0).to(ACC)
                 tl.store(DHT + (t * B + rows64)[:, None] * P + ps[None, :], tl.where(active[:, None], dh, 0.0),
                          mask=rp)
             # Orders the DHT stores before their loads as dot operands below.
@@ -283,15 +285,15 @@ def lstm_bwd_kernel(
             for u0 in range(0, H, BLOCK_H):
                 units = u0 + tl.arange(0, BLOCK_H)
                 u_ok = units < H
-                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
                 for p0 in range(0, P, BLOCK_K):
                     ps = p0 + tl.arange(0, BLOCK_K)
                     p_ok = ps < P
                     dh = tl.load(DHT + (t * B + rows64)[:, None] * P + ps[None, :],
                                  mask=row_ok[:, None] & p_ok[None, :], other=0.0)
                     w = tl.load(W_HR + ps[:, None] * H + units[None, :], mask=p_ok[:, None] & u_ok[None, :],
-                                other=0.0).to(tl.float32)
-                    acc += _dot(dh, w, True, PRECISION)
+                                other=0.0)
+                    acc += _dot(dh.to(W_HR.dtype.element_ty), w, DOT_FP32, PRECISION)
                 tl.store(DHRAW + rows64[:, None] * H + units[None, :], acc, mask=row_ok[:, None] & u_ok[None, :])
             # Orders the DHRAW stores before the loads in the cell loop below (another layout).
             tl.debug_barrier()
@@ -304,18 +306,18 @@ def lstm_bwd_kernel(
                 dh = tl.load(DHRAW + rows64[:, None] * H + units[None, :], mask=au, other=0.0)
             else:
                 dh = tl.load(DHS + (src * B + rows64)[:, None] * P + units[None, :], mask=au, other=0.0)
-                dh += tl.load(DY + (t * B + rows64)[:, None] * P + units[None, :], mask=au, other=0.0).to(tl.float32)
+                dh += tl.load(DY + (t * B + rows64)[:, None] * P + units[None, :], mask=au, other=0.0).to(ACC)
             gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
-            ig = tl.load(gp, mask=au, other=0.0).to(tl.float32)
-            fg = tl.load(gp + H, mask=au, other=0.0).to(tl.float32)
-            gg = tl.load(gp + 2 * H, mask=au, other=0.0).to(tl.float32)
-            og = tl.load(gp + 3 * H, mask=au, other=0.0).to(tl.float32)
+            ig = tl.load(gp, mask=au, other=0.0).to(ACC)
+            fg = tl.load(gp + H, mask=au, other=0.0).to(ACC)
+            gg = tl.load(gp + 2 * H, mask=au, other=0.0).to(ACC)
+            og = tl.load(gp + 3 * H, mask=au, other=0.0).to(ACC)
             c = tl.load(CELLS + (t * B + rows64)[:, None] * H + units[None, :], mask=au, other=0.0)
             # c_{t-1}: the saved cell of the previous iteration, or c0 at a sequence's first step (s == 0)
             first = ((lens * 0 + s) == 0)[:, None]
             c_prev_saved = tl.load(CELLS + (t_prev * B + rows64)[:, None] * H + units[None, :],
                                    mask=au & ~first, other=0.0)
-            c_init = tl.load(C0 + rows64[:, None] * H + units[None, :], mask=au & first, other=0.0).to(tl.float32)
+            c_init = tl.load(C0 + rows64[:, None] * H + units[None, :], mask=au & first, other=0.0).to(ACC)
             c_prev = tl.where(first, c_init, c_prev_saved)
             dc_carry = tl.load(DCS + rows64[:, None] * H + units[None, :], mask=ru, other=0.0)
             tc = _tanh(c)
@@ -337,7 +339,7 @@ def lstm_bwd_kernel(
         for p0 in range(0, P, BLOCK_H):
             ps = p0 + tl.arange(0, BLOCK_H)
             p_ok = ps < P
-            acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
             for k0 in range(0, G, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_ok = ks < G
@@ -357,9 +359,14 @@ def lstm_bwd_kernel(
 # ---- launchers ----
 
 def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float64 or dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
-    return "tf32"
+    return "tf32"  # ignored by 16-bit dots
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the cell state, the saved cells and every accumulator: fp32, or fp64 for fp64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _dot_fp32(dtype: torch.dtype) -> bool:
@@ -396,12 +403,13 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     kernel = kernel or select_forward(B, H, P, T, cfg, _sm_count(device))
     hs = torch.empty(2, B, P, dtype=dtype, device=device)
     hs[0] = h0
-    cs = c0.to(torch.float32, copy=True)
-    hraw = torch.empty(B, H, dtype=torch.float32, device=device) if w_hr is not None else cs
+    acc_t = acc_dtype(dtype)
+    cs = c0.to(acc_t, copy=True)
+    hraw = torch.empty(B, H, dtype=acc_t, device=device) if w_hr is not None else cs
     y = _output((T, B, P), dtype, device)
     h_n = _output((B, P), dtype, device)
     gates = torch.empty(T, B, G, dtype=dtype, device=device) if save else xp
-    cells = torch.empty(T, B, H, dtype=torch.float32, device=device) if save else cs
+    cells = torch.empty(T, B, H, dtype=acc_t, device=device) if save else cs
     common = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
                   HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=_dot_fp32(dtype),
                   PRECISION=_precision(dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -434,12 +442,13 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
     P = w_hh.shape[1]
     dtype, device = gates.dtype, gates.device
     cfg = pick_config(BWD_CONFIGS, B, H)
-    dhs = torch.empty(2, B, P, dtype=torch.float32, device=device)
+    acc_t = acc_dtype(dtype)
+    dhs = torch.empty(2, B, P, dtype=acc_t, device=device)
     dhs[0] = dh_n
-    dcs = dc_n.to(torch.float32, copy=True)
-    dhraw = torch.empty(B, H, dtype=torch.float32, device=device) if w_hr is not None else dcs
+    dcs = dc_n.to(acc_t, copy=True)
+    dhraw = torch.empty(B, H, dtype=acc_t, device=device) if w_hr is not None else dcs
     dg = _output((T, B, G), dtype, device)
-    dht = _output((T, B, P), torch.float32, device) if w_hr is not None else dcs
+    dht = _output((T, B, P), acc_t, device) if w_hr is not None else dcs
     if T > 0:
         lstm_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
             dy, gates, cells, c0, w_hh, w_hr if w_hr is not None else w_hh,
