@@ -56,7 +56,7 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
     T, B, _ = x.shape
     H = w_ih.shape[0] // 4
     P = w_hr.shape[0] if w_hr is not None else H
-    gates = x.new_empty(T, B, 4 * H) if save else x.new_empty(0)
+    gates = x.new_empty((T, B, 4 * H) if save else (0,), dtype=_acc_dtype(x.dtype) if save else x.dtype)
     cells = x.new_empty((T, B, H) if save else (0,), dtype=_acc_dtype(x.dtype))
     return x.new_empty(T, B, P), x.new_empty(B, P), c0.new_empty(B, H), gates, cells
 

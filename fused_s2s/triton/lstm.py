@@ -18,7 +18,9 @@ Lengths and direction (the semantics of fused_s2s.reference.lstm.lstm_layer): at
 active while s < len_b; it then reads time t_b = s (forward) or len_b - 1 - s (reverse). An inactive row keeps
 its state and writes a zero output at time s, which is then a padding position. So every y[t, b] is written.
 
-Precision: fp32, fp16 and bf16 inputs; products accumulate in fp32 and the cell state c is fp32. fp32 dots
+Precision: fp32, fp16 and bf16 inputs; products accumulate in fp32, and the cell state c and the gates saved
+for the backward are fp32 (bf16 saved gates tripled the error of the gradients against torch's own bf16 error).
+fp64 inputs (for gradcheck) accumulate in fp64. fp32 dots
 use IEEE fp32 unless torch.backends.cuda.matmul.allow_tf32 is on.
 
 Interpreter note (DESIGN.md §2): under TRITON_INTERPRET=1, tl.dot on two bf16 operands returns garbage, so
@@ -127,7 +129,7 @@ def lstm_fwd_kernel(
     HRAW,     # [B, H] fp32 scratch: h before the projection (HAS_PROJ)
     Y,        # [T, B, P] output
     HN,       # [B, P] final h
-    GATES,    # [T, B, 4H] activated gates i, f, g, o (SAVE; written at active positions only)
+    GATES,    # [T, B, 4H] activated gates i, f, g, o, fp32 (SAVE; written at active positions only)
     CELLS,    # [T, B, H] fp32 cell states (SAVE; active positions only)
     B, T, H, P,
     s_begin, n_steps,       # iterations s_begin .. s_begin + n_steps - 1
@@ -188,10 +190,10 @@ def lstm_fwd_kernel(
             tl.store(cs, tl.where(active[:, None], c, c_prev), mask=ru)
             if SAVE:
                 gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
-                tl.store(gp, ig.to(out_ty), mask=au)
-                tl.store(gp + H, fg.to(out_ty), mask=au)
-                tl.store(gp + 2 * H, gg.to(out_ty), mask=au)
-                tl.store(gp + 3 * H, og.to(out_ty), mask=au)
+                tl.store(gp, ig.to(GATES.dtype.element_ty), mask=au)
+                tl.store(gp + H, fg.to(GATES.dtype.element_ty), mask=au)
+                tl.store(gp + 2 * H, gg.to(GATES.dtype.element_ty), mask=au)
+                tl.store(gp + 3 * H, og.to(GATES.dtype.element_ty), mask=au)
                 tl.store(CELLS + (t * B + rows64)[:, None] * H + units[None, :], c, mask=au)
             if HAS_PROJ:
                 tl.store(HRAW + rows64[:, None] * H + units[None, :], h, mask=ru)
@@ -233,7 +235,7 @@ def lstm_fwd_kernel(
 @triton.jit
 def lstm_bwd_kernel(
     DY,       # [T, B, P] gradient of y (input dtype)
-    GATES,    # [T, B, 4H] activated gates saved by the forward (input dtype)
+    GATES,    # [T, B, 4H] activated gates saved by the forward (fp32)
     CELLS,    # [T, B, H] fp32 cell states saved by the forward
     C0,       # [B, H] initial cell state
     W_HH,     # [4H, P]
@@ -390,7 +392,7 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
              reverse: bool, save: bool, kernel: Optional[str] = None
              ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     """Recurrence over xp [T, B, 4H] (input projection plus biases): y [T, B, P], h_n [B, P], c_n [B, H] (c0's
-    dtype), and when `save` the activated gates [T, B, 4H] and fp32 cells [T, B, H] for the backward.
+    dtype), and when `save` the activated gates [T, B, 4H] and cells [T, B, H] (both acc_dtype) for the backward.
 
     All tensors are contiguous and on one device; lengths is int64 on that device. kernel: "persistent",
     "per_step" or None (select_forward decides).
@@ -408,7 +410,7 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     hraw = torch.empty(B, H, dtype=acc_t, device=device) if w_hr is not None else cs
     y = _output((T, B, P), dtype, device)
     h_n = _output((B, P), dtype, device)
-    gates = torch.empty(T, B, G, dtype=dtype, device=device) if save else xp
+    gates = torch.empty(T, B, G, dtype=acc_t, device=device) if save else xp
     cells = torch.empty(T, B, H, dtype=acc_t, device=device) if save else cs
     common = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
                   HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=_dot_fp32(dtype),
@@ -440,7 +442,7 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
     T, B, G = gates.shape
     H = G // 4
     P = w_hh.shape[1]
-    dtype, device = gates.dtype, gates.device
+    dtype, device = dy.dtype, dy.device
     cfg = pick_config(BWD_CONFIGS, B, H)
     acc_t = acc_dtype(dtype)
     dhs = torch.empty(2, B, P, dtype=acc_t, device=device)
