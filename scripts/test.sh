@@ -27,7 +27,12 @@ run_pytest() {
 # 1. Main run: everything but the Triton-interpreter tests, which need their own process (below).
 run_pytest "main" tests -q -m "not triton_interpret" "$@"
 
-# 2. Triton interpreter tests (TRITON_INTERPRET=1 must be set before triton is imported, so they get their
-#    own process; small shapes, the interpreter is slow). Enable when the Triton backend lands:
-# TRITON_INTERPRET=1 run_pytest "triton_interpret" tests -q -m triton_interpret
+# 2. Triton kernels under the interpreter on CPU tensors (TRITON_INTERPRET=1 must be set before triton is
+#    imported, so they get their own process; small shapes, the interpreter is slow).
+TRITON_INTERPRET=1 run_pytest "triton_interpret" tests -q -m triton_interpret
+
+# 3. On a machine with CUDA, the same Triton tests once more, compiled and run on the GPU.
+if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  run_pytest "triton_gpu" tests -q -m triton_interpret
+fi
 

@@ -153,6 +153,11 @@ def test_backend_errors():
         resolve_backend("cpu", torch.device("meta"))
     assert resolve_backend("auto", x.device) == "cpu"
     assert resolve_backend("reference", x.device) == "reference"
+    if os.environ.get("TRITON_INTERPRET") != "1":  # Triton on CPU tensors: only under the interpreter
+        with pytest.raises(RuntimeError, match="backend 'triton' is unavailable: .*TRITON_INTERPRET=1"):
+            resolve_backend("triton", x.device)
+    with pytest.raises(RuntimeError, match="backend 'triton' is unavailable: .*CUDA tensors"):
+        resolve_backend("triton", torch.device("meta"))
 
 
 # Each subprocess runs the same fixed cases and prints, for the worst output or gradient, the ratio of the

@@ -90,9 +90,7 @@ def triton_lstm_layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, h0:
             h_prev = torch.where(first, h0[None], h_prev)
     dw_hh = dg2.t() @ h_prev.reshape(T * B, P)
     if w_hr is not None:
-        h_raw = gates[..., 3 * (G // 4):].float() * torch.tanh(cells)
-        if valid is not None:
-            h_raw = torch.where(valid, h_raw, 0)  # gates/cells are unwritten at padding positions
+        h_raw = gates[..., 3 * (G // 4):] * torch.tanh(cells)  # zero at padding positions (o = c = 0 there)
         dw_hr = (dht.view(T * B, P).t() @ h_raw.view(T * B, G // 4)).to(w_hr.dtype)
     else:
         dw_hr = x.new_empty(0)

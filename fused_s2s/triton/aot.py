@@ -2,7 +2,7 @@
 
 Each kernel file lists its cases in `aot_cases() -> list[AotCase]`; `compile_case` builds one for one
 architecture and reads its resource usage from the cubin with the cuobjdump that triton ships. A spill
-(LOCAL > 0) or a compile error fails the check (scripts/triton_aot_check.py, tests/test_triton_aot.py).
+(STACK or LOCAL > 0) or a compile error fails the check (scripts/triton_aot_check.py, tests/test_triton_aot.py).
 Must run in a process where TRITON_INTERPRET is not set: the interpreter replaces the JIT functions.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class AotCase:
 
 @dataclass
 class AotResult:
-    """What one compile produced: registers, shared memory (bytes), spills (local-memory bytes)."""
+    """What one compile produced: registers, shared memory (bytes), spills (stack-frame + local bytes)."""
 
     case: AotCase
     arch: int
@@ -47,6 +47,11 @@ class AotResult:
     shared: int
     spills: int
     error: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return {"kernel": self.case.name, "config": self.case.config, "dtype": self.case.dtype,
+                "arch": f"sm_{self.arch}", "registers": self.registers, "shared_bytes": self.shared,
+                "spill_bytes": self.spills, "error": self.error}
 
 
 def _cuobjdump() -> str:
@@ -70,12 +75,13 @@ def compile_case(case: AotCase, arch: int) -> AotResult:
                              check=True).stdout
     finally:
         os.unlink(path)
-    m = re.search(r"REG:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", out)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if m is None:
         return AotResult(case, arch, -1, -1, -1, error=f"cannot parse cuobjdump output: {out!r}")
-    registers, static_shared, local = (int(g) for g in m.groups())
-    # Triton's shared memory is dynamic: the metadata holds it; the cubin's SHARED is the static part.
-    return AotResult(case, arch, registers, max(static_shared, compiled.metadata.shared), local)
+    registers, stack, static_shared, local = (int(g) for g in m.groups())
+    # Spilled registers live in the thread's stack frame (Triton kernels have no other stack use) or in
+    # local memory: either counts as a spill. Triton's shared memory is dynamic: the metadata holds it.
+    return AotResult(case, arch, registers, max(static_shared, compiled.metadata.shared), stack + local)
 
 
 def all_cases() -> list[AotCase]:
@@ -88,5 +94,38 @@ def all_cases() -> list[AotCase]:
     return cases
 
 
+def _compile_row(args: tuple[int, int]) -> tuple[int, int, int, int, str]:
+    # runs in a worker: returns plain values (kernels do not pickle)
+    index, arch = args
+    r = compile_case(all_cases()[index], arch)
+    return r.arch, r.registers, r.shared, r.spills, r.error
+
+
+def check(archs: tuple[int, ...] = ARCHS, workers: int | None = None) -> list[AotResult]:
+    """Compile all_cases() for every arch, in parallel processes (compiles are CPU-bound, one per core)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cases = all_cases()
+    jobs = [(i, arch) for i in range(len(cases)) for arch in archs]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        rows = [_compile_row(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_compile_row, jobs))
+    return [AotResult(cases[i], *row) for (i, _), row in zip(jobs, rows)]
+
+
+def format_table(results: list[AotResult]) -> str:
+    """A markdown table, one row per compile; FAIL marks errors and spills."""
+    lines = ["| kernel | config | dtype | arch | registers | shared (B) | spills (B) | status |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for r in results:
+        status = f"FAIL: {r.error}" if r.error else ("FAIL: spills" if r.spills else "ok")
+        lines.append(f"| {r.case.name} | {r.case.config} | {r.case.dtype} | sm_{r.arch} | {r.registers} | "
+                     f"{r.shared} | {r.spills} | {status} |")
+    return "\n".join(lines)
+
+
 # The kernel files that ship Triton kernels; each defines aot_cases().
-KERNEL_MODULES: list[str] = []
+KERNEL_MODULES: list[str] = ["fused_s2s.triton.lstm"]

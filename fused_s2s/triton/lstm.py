@@ -51,23 +51,29 @@ class Config:
     block_k: int   # reduction tile of h·W_hhᵀ and of the projection
     num_warps: int
     num_stages: int = 1
+    # ptxas otherwise sometimes caps these kernels at 128 registers and spills; 255 lets it use what it needs
+    maxnreg: int = 255
 
     @property
     def name(self) -> str:
         return f"BB{self.block_b}-BH{self.block_h}-BK{self.block_k}-w{self.num_warps}-s{self.num_stages}"
 
+    def launch_options(self) -> dict:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages, "maxnreg": self.maxnreg}
 
-# Every shipped configuration, in one place. The AOT check compiles each for sm_80/sm_90 × fp32/fp16/bf16.
-FWD_CONFIGS = (Config(16, 32, 32, 4), Config(16, 64, 64, 4), Config(32, 64, 32, 8))
-BWD_CONFIGS = (Config(16, 32, 32, 4), Config(16, 64, 64, 4))
+
+# Every shipped configuration, in one place. The AOT check compiles each for sm_80/sm_90 × fp32/fp16/bf16 and
+# fails on any spill; these are spill-free ones from a scan over BB 16-64, BH 16-64, BK 16-32, 4-8 warps
+# (larger tiles spilled: 150-230 registers already, the four gate tiles and their addresses live together).
+FWD_CONFIGS = (Config(16, 32, 16, 8), Config(16, 32, 32, 8))
+BWD_CONFIGS = (Config(16, 32, 32, 8), Config(16, 64, 16, 8))
 
 
 def pick_config(configs: tuple[Config, ...], B: int, H: int) -> Config:
-    """Rule: the smallest tiles for small problems (more programs, less masking), the larger otherwise."""
-    if H <= 64 or INTERPRET:
+    """Rule: the first config for H ≤ 256 and under the interpreter; the second (longer K tiles, fewer loop
+    trips) for larger layers."""
+    if H <= 256 or INTERPRET:
         return configs[0]
-    if B >= 256 and len(configs) > 2:
-        return configs[2]
     return configs[1]
 
 
@@ -129,8 +135,8 @@ def lstm_fwd_kernel(
     HRAW,     # [B, H] fp32 scratch: h before the projection (HAS_PROJ)
     Y,        # [T, B, P] output
     HN,       # [B, P] final h
-    GATES,    # [T, B, 4H] activated gates i, f, g, o, fp32 (SAVE; written at active positions only)
-    CELLS,    # [T, B, H] fp32 cell states (SAVE; active positions only)
+    GATES,    # [T, B, 4H] activated gates i, f, g, o, fp32 (SAVE; zero at padding positions)
+    CELLS,    # [T, B, H] fp32 cell states (SAVE; zero at padding positions)
     B, T, H, P,
     s_begin, n_steps,       # iterations s_begin .. s_begin + n_steps - 1
     units_per_program,      # hidden units per program along grid axis 1 (a multiple of BLOCK_H)
@@ -163,11 +169,10 @@ def lstm_fwd_kernel(
             u_ok = units < u_end
             ru = row_ok[:, None] & u_ok[None, :]
             au = active[:, None] & u_ok[None, :]
-            xp = XP + (t * B + rows64)[:, None] * G + units[None, :]
-            acc_i = tl.load(xp, mask=au, other=0.0).to(ACC)
-            acc_f = tl.load(xp + H, mask=au, other=0.0).to(ACC)
-            acc_g = tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
-            acc_o = tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
+            acc_i = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+            acc_f = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+            acc_g = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+            acc_o = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
             for k0 in range(0, P, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_ok = ks < P
@@ -179,6 +184,12 @@ def lstm_fwd_kernel(
                 acc_f += _dot(h_prev, tl.load(w + H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
                 acc_g += _dot(h_prev, tl.load(w + 2 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
                 acc_o += _dot(h_prev, tl.load(w + 3 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+            # the input projection is added after the loop, so its addresses are not live during it
+            xp = XP + (t * B + rows64)[:, None] * G + units[None, :]
+            acc_i += tl.load(xp, mask=au, other=0.0).to(ACC)
+            acc_f += tl.load(xp + H, mask=au, other=0.0).to(ACC)
+            acc_g += tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
+            acc_o += tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
             ig = _sigmoid(acc_i)
             fg = _sigmoid(acc_f)
             gg = _tanh(acc_g)
@@ -190,11 +201,13 @@ def lstm_fwd_kernel(
             tl.store(cs, tl.where(active[:, None], c, c_prev), mask=ru)
             if SAVE:
                 gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
-                tl.store(gp, ig.to(GATES.dtype.element_ty), mask=au)
-                tl.store(gp + H, fg.to(GATES.dtype.element_ty), mask=au)
-                tl.store(gp + 2 * H, gg.to(GATES.dtype.element_ty), mask=au)
-                tl.store(gp + 3 * H, og.to(GATES.dtype.element_ty), mask=au)
-                tl.store(CELLS + (t * B + rows64)[:, None] * H + units[None, :], c, mask=au)
+                # zeros at padding positions, so the saved buffers are deterministic outputs of the op
+                on = active[:, None]
+                tl.store(gp, tl.where(on, ig, 0.0), mask=ru)
+                tl.store(gp + H, tl.where(on, fg, 0.0), mask=ru)
+                tl.store(gp + 2 * H, tl.where(on, gg, 0.0), mask=ru)
+                tl.store(gp + 3 * H, tl.where(on, og, 0.0), mask=ru)
+                tl.store(CELLS + (t * B + rows64)[:, None] * H + units[None, :], tl.where(on, c, 0.0), mask=ru)
             if HAS_PROJ:
                 tl.store(HRAW + rows64[:, None] * H + units[None, :], h, mask=ru)
             else:
@@ -410,11 +423,11 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     hraw = torch.empty(B, H, dtype=acc_t, device=device) if w_hr is not None else cs
     y = _output((T, B, P), dtype, device)
     h_n = _output((B, P), dtype, device)
-    gates = torch.empty(T, B, G, dtype=acc_t, device=device) if save else xp
-    cells = torch.empty(T, B, H, dtype=acc_t, device=device) if save else cs
+    gates = _output((T, B, G), acc_t, device) if save else xp
+    cells = _output((T, B, H), acc_t, device) if save else cs
     common = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
                   HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=_dot_fp32(dtype),
-                  PRECISION=_precision(dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  PRECISION=_precision(dtype), **cfg.launch_options())
     args = (xp, w_hh, w_hr if w_hr is not None else w_hh, lengths if lengths is not None else xp, hs, cs, hraw,
             y, h_n, gates, cells, B, T, H, P)
     batch_programs = triton.cdiv(B, cfg.block_b)
@@ -457,5 +470,42 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
             lengths if lengths is not None else gates, dhs, dcs, dhraw, dg, dht, B, T, H, P,
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
             HAS_LEN=lengths is not None, REVERSE=reverse, DOT_FP32=_dot_fp32(dtype), PRECISION=_precision(dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            **cfg.launch_options())
     return dg, dhs[T % 2], dcs, (dht if w_hr is not None else None)
+
+
+# ---- ahead-of-time compile cases (fused_s2s/triton/aot.py) ----
+
+_TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def aot_cases() -> list:
+    """Every shipped config × fp32/fp16/bf16 of both kernels, each in its plain and its heaviest variant
+    (projection, lengths, reverse, saving for backward). The per-step and persistent forward kernels are one
+    compiled kernel (they differ in launch grid and step range only)."""
+    from fused_s2s.triton.aot import AotCase
+
+    cases = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        dt, acc = f"*{_TRITON_DTYPE[dtype]}", "*fp32"
+        precision = "ieee" if dtype == "fp32" else "tf32"
+        for variant, proj in (("plain", False), ("proj", True)):
+            for cfg in FWD_CONFIGS:
+                sig = {"XP": dt, "W_HH": dt, "W_HR": dt, "LEN": "*i64", "HS": dt, "CS": acc, "HRAW": acc, "Y": dt,
+                       "HN": dt, "GATES": acc, "CELLS": acc, "B": "i32", "T": "i32", "H": "i32", "P": "i32",
+                       "s_begin": "i32", "n_steps": "i32", "units_per_program": "i32"}
+                consts = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=proj,
+                              HAS_LEN=True, REVERSE=proj, SAVE=True, DOT_FP32=False, PRECISION=precision)
+                sig.update({k: "constexpr" for k in consts})
+                cases.append(AotCase(lstm_fwd_kernel, f"lstm_fwd[{variant}]", cfg.name, dtype, sig, consts,
+                                     cfg.num_warps, cfg.num_stages, {"maxnreg": cfg.maxnreg}))
+            for cfg in BWD_CONFIGS:
+                sig = {"DY": dt, "GATES": acc, "CELLS": acc, "C0": dt, "W_HH": dt, "W_HR": dt, "LEN": "*i64",
+                       "DHS": acc, "DCS": acc, "DHRAW": acc, "DG": dt, "DHT": acc, "B": "i32", "T": "i32",
+                       "H": "i32", "P": "i32"}
+                consts = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=proj,
+                              HAS_LEN=True, REVERSE=proj, DOT_FP32=False, PRECISION=precision)
+                sig.update({k: "constexpr" for k in consts})
+                cases.append(AotCase(lstm_bwd_kernel, f"lstm_bwd[{variant}]", cfg.name, dtype, sig, consts,
+                                     cfg.num_warps, cfg.num_stages, {"maxnreg": cfg.maxnreg}))
+    return cases
