@@ -56,8 +56,12 @@ CASES = [
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CASES, ids=[case_id(**c) for c in CASES])
 def test_cpu_matches_reference(case, bias, reverse, lengths):
-    args = make_layer_args(**case, bias=bias, lengths=lengths, reverse=reverse)
-    out = lstm_layer(*args, backend="cpu")
+    assert_layer_matches_reference(make_layer_args(**case, bias=bias, lengths=lengths, reverse=reverse), "cpu")
+
+
+def assert_layer_matches_reference(args, backend: str) -> None:
+    """lstm_layer(args, backend) equals the reference: y, h_n, c_n and the gradients of every input."""
+    out = lstm_layer(*args, backend=backend)
     ref = reference_layer(*args)
     for name, a, e in zip(("y", "h_n", "c_n"), out, ref):
         assert_close(a, e, name)

@@ -17,7 +17,7 @@ from torch import nn
 from fused_s2s import FusedLSTM
 from fused_s2s.ops import lstm_layer
 from fused_s2s.reference.lstm import lstm_layer as reference_layer
-from tests.test_ops import differentiable, make_layer_args
+from tests.test_ops import assert_layer_matches_reference, differentiable, make_layer_args
 from tests.utils import assert_close, case_id
 
 pytestmark = pytest.mark.triton_interpret
@@ -58,17 +58,8 @@ CASES = [
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CASES, ids=[case_id(**c) for c in CASES])
 def test_triton_matches_reference_fp32(case, bias, reverse, lengths, kernel):
-    args = on_device(make_layer_args(**case, bias=bias, lengths=lengths, reverse=reverse))
-    out = lstm_layer(*args, backend="triton")
-    ref = reference_layer(*args)
-    for name, a, e in zip(("y", "h_n", "c_n"), out, ref):
-        assert_close(a, e, name)
-    grads_out = [torch.randn_like(o) for o in ref]
-    inputs = differentiable(args)
-    got = torch.autograd.grad(out, inputs, grads_out)
-    want = torch.autograd.grad(ref, inputs, grads_out)
-    for k, (a, e) in enumerate(zip(got, want)):
-        assert_close(a, e, f"grad of differentiable input {k}")
+    assert_layer_matches_reference(on_device(make_layer_args(**case, bias=bias, lengths=lengths, reverse=reverse)),
+                                   "triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

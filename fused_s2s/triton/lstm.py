@@ -114,6 +114,18 @@ def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _batch_tile(LEN, B, T, BLOCK_B: tl.constexpr, HAS_LEN: tl.constexpr):
+    """This program's batch rows (int32 and int64), which exist, and their lengths (T without LEN)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    if HAS_LEN:
+        lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
+    else:
+        lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    return rows, row_ok, rows.to(tl.int64), lens
+
+
+@triton.jit
 def _row_time(s, lens, row_ok, REVERSE: tl.constexpr):
     """(active, t): whether each row runs at iteration s, and the time step it reads or writes then."""
     active = row_ok & (s < lens)
@@ -144,14 +156,7 @@ def lstm_fwd_kernel(
     HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
-    if HAS_LEN:
-        lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
-    else:
-        lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    rows, row_ok, rows64, lens = _batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     u_begin = tl.program_id(1) * units_per_program
     u_end = tl.minimum(u_begin + units_per_program, H)
     G = 4 * H
@@ -264,14 +269,7 @@ def lstm_bwd_kernel(
     HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
-    if HAS_LEN:
-        lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
-    else:
-        lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    rows, row_ok, rows64, lens = _batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     G = 4 * H
     dg_ty = DG.dtype.element_ty
     ACC: tl.constexpr = DCS.dtype.element_ty  # fp32, or fp64 for fp64 inputs
