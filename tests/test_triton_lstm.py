@@ -168,6 +168,29 @@ def test_fused_lstm_triton_matches_nn_lstm(kw, packed, kernel):
         assert_close(a, e, f"grad {name}")
 
 
+def test_triton_rejects_bad_input_like_the_cpu_op():
+    args = list(on_device(make_layer_args(T=4, B=2, I=3, H=5, P=0, requires_grad=False)))
+    for bad in (torch.tensor([5, 1]), torch.tensor([0, 2]), torch.tensor([2])):
+        args[8] = bad
+        with pytest.raises(RuntimeError, match="length"):
+            lstm_layer(*args, backend="triton")
+    args[8] = None
+    args[1] = args[1][:, :4]  # h0 [B, H-1]
+    with pytest.raises(RuntimeError, match=r"h0 must be \[2, 5\]"):
+        lstm_layer(*args, backend="triton")
+
+
+@pytest.mark.slow
+def test_triton_under_torch_compile_fullgraph():
+    lstm = FusedLSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True, backend="triton").to(DEVICE)
+    x = torch.randn(3, 5, 4, device=DEVICE)
+    lengths = torch.tensor([5, 2, 4])
+    compiled = torch.compile(lstm, fullgraph=True)
+    for a, e in zip(torch.utils._pytree.tree_leaves(compiled(x, lengths=lengths)),
+                    torch.utils._pytree.tree_leaves(lstm(x, lengths=lengths))):
+        assert_close(a, e, "compiled vs eager")
+
+
 def test_selection_rule_and_override(monkeypatch):
     from fused_s2s.triton.lstm import FWD_CONFIGS, select_forward
 

@@ -31,10 +31,49 @@ def _step_mask(lengths: Tensor, T: int) -> Tensor:
     return (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :])[..., None]
 
 
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_inputs(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor]) -> None:
+    """The C++ op's checks (csrc/cpu/lstm_layer.cpp check_inputs), word for word: the kernels trust shapes."""
+    if x.dim() != 3:
+        raise RuntimeError(f"lstm_layer: x must be [T, B, I], got {list(x.shape)}")
+    T, B, I = x.shape
+    if w_ih.dim() != 2 or w_ih.shape[0] % 4 != 0 or w_ih.shape[1] != I:
+        raise RuntimeError(f"lstm_layer: w_ih must be [4H, {I}], got {list(w_ih.shape)}")
+    H = w_ih.shape[0] // 4
+    if H <= 0:
+        raise RuntimeError("lstm_layer: hidden_size must be greater than zero")
+    if w_hr is not None and (w_hr.dim() != 2 or w_hr.shape[1] != H):
+        raise RuntimeError(f"lstm_layer: w_hr must be [P, {H}], got {list(w_hr.shape)}")
+    P = w_hr.shape[0] if w_hr is not None else H
+    for name, t, shape in (("w_hh", w_hh, (4 * H, P)), ("h0", h0, (B, P)), ("c0", c0, (B, H)),
+                           ("b_ih", b_ih, (4 * H,)), ("b_hh", b_hh, (4 * H,))):
+        if t is not None and tuple(t.shape) != shape:
+            raise RuntimeError(f"lstm_layer: {name} must be {list(shape)}, got {list(t.shape)}")
+    if x.dtype not in _DTYPES:
+        raise RuntimeError(f"lstm_layer: the Triton kernels take float32, float16, bfloat16 or float64, got {x.dtype}")
+    for t in (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise RuntimeError(f"lstm_layer: every tensor must match x's dtype and device ({x.dtype}, {x.device}), "
+                               f"got {t.dtype}, {t.device}")
+    if lengths is not None:
+        if lengths.dim() != 1 or lengths.shape[0] != B:
+            raise RuntimeError(f"lstm_layer: lengths must be [{B}], got {list(lengths.shape)}")
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise RuntimeError(f"lstm_layer: lengths must be an integer tensor, got {lengths.dtype}")
+        bad = ((lengths < 1) | (lengths > T)).nonzero()
+        if bad.numel():
+            b = int(bad[0, 0])
+            raise RuntimeError(f"lstm_layer: every length must be in [1, {T}], got lengths[{b}] = {int(lengths[b])}")
+
+
 @torch.library.custom_op("fused_s2s::triton_lstm_layer_fwd", mutates_args=())
 def triton_lstm_layer_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                           b_hh: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                           save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    check_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     T, B, I = x.shape
     G = w_ih.shape[0]
     bias = None
