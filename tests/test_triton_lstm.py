@@ -191,6 +191,28 @@ def test_triton_under_torch_compile_fullgraph():
         assert_close(a, e, "compiled vs eager")
 
 
+@pytest.mark.parametrize("case", [
+    dict(T=6, B=3, I=5, H=13, P=0, lengths=True, reverse=False),
+    dict(T=5, B=20, I=4, H=16, P=0, lengths=True, reverse=True),
+    dict(T=4, B=2, I=3, H=7, P=0, lengths=False, reverse=False),
+], ids=lambda c: case_id(**c))
+def test_grid_persistent_kernel_single_program(case, monkeypatch):
+    """The cross-program kernel with one program (H ≤ 16), the only grid the interpreter can run."""
+    monkeypatch.setenv("FUSED_S2S_TRITON_LSTM_KERNEL", "grid_persistent")
+    assert_layer_matches_reference(on_device(make_layer_args(**case)), "triton")
+
+
+def test_grid_persistent_kernel_refuses_what_it_cannot_run(monkeypatch):
+    monkeypatch.setenv("FUSED_S2S_TRITON_LSTM_KERNEL", "grid_persistent")
+    args = on_device(make_layer_args(T=3, B=2, I=3, H=40, P=0, requires_grad=False))
+    if DEVICE == "cpu":
+        with pytest.raises(RuntimeError, match="deadlock"):
+            lstm_layer(*args, backend="triton")
+    args = on_device(make_layer_args(T=3, B=2, I=3, H=8, P=4, requires_grad=False))
+    with pytest.raises(RuntimeError, match="proj_size"):
+        lstm_layer(*args, backend="triton")
+
+
 def test_selection_rule_and_override(monkeypatch):
     from fused_s2s.triton.lstm import FWD_CONFIGS, select_forward
 
@@ -202,5 +224,5 @@ def test_selection_rule_and_override(monkeypatch):
     monkeypatch.setenv("FUSED_S2S_TRITON_LSTM_KERNEL", "per_step")
     assert select_forward(B=64, H=128, P=128, T=100, config=cfg, sm_count=132) == "per_step"
     monkeypatch.setenv("FUSED_S2S_TRITON_LSTM_KERNEL", "bogus")
-    with pytest.raises(ValueError, match="persistent"):
+    with pytest.raises(ValueError, match="grid_persistent"):
         select_forward(B=64, H=128, P=128, T=100, config=cfg, sm_count=132)

@@ -2,7 +2,8 @@
 
 Each kernel file lists its cases in `aot_cases() -> list[AotCase]`; `compile_case` builds one for one
 architecture and reads its resource usage from the cubin with the cuobjdump that triton ships. A spill
-(STACK or LOCAL > 0) or a compile error fails the check (scripts/triton_aot_check.py, tests/test_triton_aot.py).
+(STACK or LOCAL > 0), a block that does not fit one SM (registers × threads, shared memory) or a compile
+error fails the check (scripts/triton_aot_check.py, tests/test_triton_aot.py).
 Must run in a process where TRITON_INTERPRET is not set: the interpreter replaces the JIT functions.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ARCHS = (80, 90)
+# What one SM offers a block: 64K 32-bit registers on both; 163 KB (sm_80) and 227 KB (sm_90) of shared memory.
+REGISTERS_PER_SM = 65536
+MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
 TORCH_TO_TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
@@ -81,7 +85,13 @@ def compile_case(case: AotCase, arch: int) -> AotResult:
     registers, stack, static_shared, local = (int(g) for g in m.groups())
     # Spilled registers live in the thread's stack frame (Triton kernels have no other stack use) or in
     # local memory: either counts as a spill. Triton's shared memory is dynamic: the metadata holds it.
-    return AotResult(case, arch, registers, max(static_shared, compiled.metadata.shared), stack + local)
+    shared = max(static_shared, compiled.metadata.shared)
+    error = ""
+    if registers * case.num_warps * 32 > REGISTERS_PER_SM:
+        error = f"{registers} registers x {case.num_warps * 32} threads exceed an SM's {REGISTERS_PER_SM}"
+    elif shared > MAX_SHARED[arch]:
+        error = f"{shared} B of shared memory exceed sm_{arch}'s {MAX_SHARED[arch]}"
+    return AotResult(case, arch, registers, shared, stack + local, error)
 
 
 def all_cases() -> list[AotCase]:
@@ -128,4 +138,4 @@ def format_table(results: list[AotResult]) -> str:
 
 
 # The kernel files that ship Triton kernels; each defines aot_cases().
-KERNEL_MODULES: list[str] = ["fused_s2s.triton.lstm"]
+KERNEL_MODULES: list[str] = ["fused_s2s.triton.lstm", "fused_s2s.triton.lstm_grid"]

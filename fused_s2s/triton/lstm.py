@@ -77,8 +77,13 @@ def pick_config(configs: tuple[Config, ...], B: int, H: int) -> Config:
     return configs[1]
 
 
+# "grid_persistent" (fused_s2s/triton/lstm_grid.py) is opt-in only: no GPU has run it yet.
+FORWARD_KERNELS = ("persistent", "per_step", "grid_persistent")
+
+
 def select_forward(B: int, H: int, P: int, T: int, config: Config, sm_count: int) -> str:
-    """"persistent" or "per_step" for a forward call; FUSED_S2S_TRITON_LSTM_KERNEL overrides it.
+    """"persistent" or "per_step" for a forward call; FUSED_S2S_TRITON_LSTM_KERNEL overrides it (and is the
+    only way to get "grid_persistent").
 
     Per-step costs a launch (~3-5 µs) per step but spreads a step over cdiv(B, block_b)·cdiv(H, block_h)
     programs. Persistent has only cdiv(B, block_b) programs, each re-reading all of W_hh every step: worth it
@@ -86,8 +91,8 @@ def select_forward(B: int, H: int, P: int, T: int, config: Config, sm_count: int
     """
     override = os.environ.get("FUSED_S2S_TRITON_LSTM_KERNEL", "")
     if override:
-        if override not in ("persistent", "per_step"):
-            raise ValueError(f"FUSED_S2S_TRITON_LSTM_KERNEL must be 'persistent' or 'per_step', got {override!r}")
+        if override not in FORWARD_KERNELS:
+            raise ValueError(f"FUSED_S2S_TRITON_LSTM_KERNEL must be one of {FORWARD_KERNELS}, got {override!r}")
         return override
     batch_programs = triton.cdiv(B, config.block_b)
     if H * P <= 256 * 256 or batch_programs >= max(1, sm_count // 2):
@@ -406,7 +411,7 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     dtype), and when `save` the activated gates [T, B, 4H] and cells [T, B, H] (both acc_dtype) for the backward.
 
     All tensors are contiguous and on one device; lengths is int64 on that device. kernel: "persistent",
-    "per_step" or None (select_forward decides).
+    "per_step", "grid_persistent" or None (select_forward decides).
     """
     T, B, G = xp.shape
     H = G // 4
@@ -433,6 +438,12 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
         pass
     elif kernel == "persistent":
         lstm_fwd_kernel[(batch_programs, 1)](*args, 0, T, triton.cdiv(H, cfg.block_h) * cfg.block_h, **common)
+    elif kernel == "grid_persistent":
+        if w_hr is not None:
+            raise RuntimeError("FUSED_S2S_TRITON_LSTM_KERNEL=grid_persistent cannot run: it has no proj_size support")
+        from fused_s2s.triton.lstm_grid import lstm_fwd_grid  # imports this module: not at the top
+
+        return lstm_fwd_grid(xp, h0, c0, w_hh, lengths, reverse, save)
     elif kernel == "per_step":
         # with a projection a program needs whole h rows: one program per batch tile, still one launch a step
         unit_programs = 1 if w_hr is not None else triton.cdiv(H, cfg.block_h)
