@@ -1,0 +1,60 @@
+"""The suite under pytest-benchmark: every case of the grid × every implementation, against nn.LSTM.
+
+    pytest benchmarks/test_lstm_suite.py --benchmark-json out.json          # the quick grid
+    FUSED_S2S_BENCH_GRID=full pytest benchmarks/test_lstm_suite.py ...      # the full grid
+
+pytest-benchmark times the implementation; nn.LSTM is timed by the `setup` hook right before each round,
+so the two are interleaved and `extra_info.speedup_vs_nn_lstm` (nn.LSTM median / ours) comes from the same
+run. `fused-s2s-bench compare` gates JSON written this way as it does the report's. `python -m
+benchmarks.report` runs the same cases (benchmarks/measure.py) with a progress bar, table and plot.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+
+import pytest
+import torch
+
+from benchmarks.cases import NN_LSTM, REFERENCE, default_dtypes, grid
+from benchmarks.measure import build_case, implementations, peak_bytes, saved_bytes
+from benchmarks.timing import time_call
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+GRID = os.environ.get("FUSED_S2S_BENCH_GRID", "quick")
+PAIRS = [(case, impl) for case in grid(GRID, default_dtypes(DEVICE)) for impl in implementations(case, DEVICE)]
+WARMUP = 2
+ROUNDS = {REFERENCE: 3}  # the reference is a Python loop per step
+DEFAULT_ROUNDS = 15
+
+
+@pytest.mark.parametrize("case,impl", PAIRS, ids=[f"{impl} {case.id}" for case, impl in PAIRS])
+def test_lstm(benchmark, case, impl):
+    built = build_case(case, DEVICE)
+    ours, theirs = built.steps[impl], built.steps[NN_LSTM]
+    for _ in range(WARMUP):
+        theirs()
+        ours()
+    nn_ms: list[float] = []
+
+    def target() -> None:
+        ours()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)  # pytest-benchmark reads a host clock
+
+    benchmark.group = case.id
+    benchmark.pedantic(target, setup=lambda: nn_ms.append(time_call(theirs, DEVICE)),
+                       rounds=ROUNDS.get(impl, DEFAULT_ROUNDS), iterations=1)
+    median_ms = benchmark.stats.stats.median * 1e3
+    info = {"impl": impl, "backend": built.backends[impl], "speedup_vs_nn_lstm": statistics.median(nn_ms) / median_ms,
+            "nn_lstm_median_s": statistics.median(nn_ms) / 1e3, "gate": impl != REFERENCE,
+            "max_abs_diff_vs_nn_lstm": built.max_abs_diff[impl]}
+    if case.backward:
+        params = [built.x]
+        ours_saved = saved_bytes(built.forwards[impl], params + list(built.modules[impl].parameters()))
+        nn_saved = saved_bytes(built.forwards[NN_LSTM], params + list(built.modules[NN_LSTM].parameters()))
+        info.update(saved_bytes=ours_saved, saved_bytes_ratio=ours_saved / nn_saved if nn_saved else None)
+        if DEVICE.type == "cuda":
+            info["peak_bytes_ratio"] = peak_bytes(ours, DEVICE) / peak_bytes(theirs, DEVICE)
+    benchmark.extra_info.update(info)
+    assert built.max_abs_diff[impl] < (1e-3 if case.dtype == "float32" else 5e-2)
