@@ -1,0 +1,46 @@
+"""The benchmark report end to end on this machine: the code path of `--quick`, on the test-sized grid."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from benchmarks import report  # noqa: E402
+from benchmarks.cases import grid  # noqa: E402
+from fused_s2s.bench_compare import compare, load_report  # noqa: E402
+
+
+def test_quick_grid_is_ci_sized():
+    quick = grid("quick", ["float32"])
+    assert len(quick) <= 16
+    assert {c.backward for c in quick} == {False, True} and any(c.varlen for c in quick)
+    assert any(c.reference for c in quick) and all(c.batch * c.hidden <= 64 * 512 for c in quick)
+
+
+def test_report_writes_table_json_and_png(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    report.main(["--grid", "smoke", "--json", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert "| case | impl |" in text and "fused-cpu" in text and "| reference |" in text
+
+    data = load_report(out)  # valid JSON in the gate's layout
+    env = data["machine_info"]
+    for key in ("device", "device_name", "torch", "triton", "cpu", "git_commit", "machine_kind"):
+        assert key in env
+    rows = data["benchmarks"]
+    names = [r["name"] for r in rows]
+    assert len(names) == len(set(names))
+    fused = [r for r in rows if r["extra_info"]["impl"].startswith("fused-")]
+    assert fused and all(r["extra_info"]["speedup_vs_nn_lstm"] > 0 for r in fused)
+    assert all(r["extra_info"]["max_abs_diff_vs_nn_lstm"] < 1e-4 for r in rows)
+    bwd = [r for r in fused if r["params"]["backward"]]
+    assert bwd and all(r["extra_info"]["saved_bytes"] > 0 and r["extra_info"]["saved_bytes_ratio"] > 0 for r in bwd)
+
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    # A report compared with itself passes the gate.
+    assert compare(data, json.loads(out.read_text()), 0.1).ok()
