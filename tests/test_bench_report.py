@@ -44,3 +44,17 @@ def test_report_writes_table_json_and_png(tmp_path, capsys):
 
     # A report compared with itself passes the gate.
     assert compare(data, json.loads(out.read_text()), 0.1).ok()
+
+
+def test_make_baseline_keeps_the_median_run():
+    from benchmarks.make_baseline import merge
+
+    def run(speedup: float) -> dict:
+        return {"settings": {}, "benchmarks": [
+            {"name": "nn.LSTM c", "extra_info": {"impl": "nn.LSTM"}},
+            {"name": "fused-cpu c", "stats": {"median": 1 / speedup}, "extra_info": {"speedup_vs_nn_lstm": speedup}}]}
+
+    merged = merge([run(1.0), run(1.2), run(0.9)])
+    row = merged["benchmarks"][1]
+    assert row["extra_info"]["speedup_vs_nn_lstm"] == 1.0 and row["stats"]["median"] == 1.0
+    assert row["extra_info"]["baseline_runs"] == [1.0, 1.2, 0.9]
