@@ -57,4 +57,6 @@ def test_lstm(benchmark, case, impl):
         if DEVICE.type == "cuda":
             info["peak_bytes_ratio"] = peak_bytes(ours, DEVICE) / peak_bytes(theirs, DEVICE)
     benchmark.extra_info.update(info)
-    assert built.max_abs_diff[impl] < (1e-3 if case.dtype == "float32" else 5e-2)
+    # A sanity bound, not a correctness test (tests/ does that): cuDNN runs float32 as TF32 by default.
+    exact = case.dtype == "float32" and DEVICE.type == "cpu"
+    assert built.max_abs_diff[impl] < (1e-3 if exact else 5e-2)
