@@ -38,7 +38,7 @@ def implementations(case: Case, device: torch.device) -> dict[str, str]:
     return impls
 
 
-def random_lengths(case: Case, device: torch.device) -> Tensor:
+def random_lengths(case: Case) -> Tensor:
     """Per-sequence lengths uniform in [T/4, T], one of them T (so the padded length is T), on the CPU."""
     lo = max(1, case.seq_len // 4)
     lengths = torch.randint(lo, case.seq_len + 1, (case.batch,))
@@ -133,7 +133,7 @@ def build_case(case: Case, device: torch.device) -> Built:
     for m in modules.values():
         m.train(case.backward)
     x = torch.randn(case.seq_len, case.batch, case.hidden, device=device, dtype=dtype)
-    lengths = random_lengths(case, device) if case.varlen else None
+    lengths = random_lengths(case) if case.varlen else None
     forwards = {name: make_forward(m, x, lengths) for name, m in modules.items()}
     with torch.no_grad():
         y_ref = forwards[NN_LSTM]().float()
