@@ -6,5 +6,6 @@ submodule (so `from fused_s2s.reference import lstm` gives the module, as ops/ e
 """
 from fused_s2s.reference import lstm
 from fused_s2s.reference.lstm import lstm_cell, lstm_layer
+from fused_s2s.reference.decoder import decoder_step
 
-__all__ = ["lstm", "lstm_cell", "lstm_layer"]
+__all__ = ["lstm", "lstm_cell", "lstm_layer", "decoder_step"]

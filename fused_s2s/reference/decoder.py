@@ -1,0 +1,100 @@
+"""Plain-PyTorch reference of one attention-decoder step (the oracle for fused_s2s::decoder_step).
+
+One step of a Luong-style attention LSTM decoder with optional input feeding:
+
+    inp_0   = cat(x, feed)              (input feeding: feed is the previous step's h̃), else x
+    h_l,c_l = lstm_cell(inp_l, h[l], c[l], *lstm_weights[l]);   inp_{l+1} = h_l
+    a       = softmax(score(h_top, memory)) masked by memory_lengths   [B, S]
+    context = a · memory                                             [B, M]
+    h̃       = tanh(w_out · [context; h_top] + b_out)                 [B, H]   (Luong combine)
+
+Score functions (attn_params):
+    dot        h · m_s                               (M == H)
+    scaled_dot h · m_s / sqrt(H)                     (M == H)
+    general    (w h) · m_s,  w: [M, H]               (Luong "general")
+    additive   v · tanh(w_query h + b_query + w_memory m_s),  w_query [A, H], b_query [A] or None,
+               w_memory [A, M], v [A]                (Bahdanau "mlp")
+Positions s >= memory_lengths[b] get weight exactly 0.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fused_s2s.reference.lstm import lstm_cell
+
+__all__ = ["decoder_step", "attention_scores"]
+
+CellWeights = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None"]
+
+
+def attention_scores(kind: str, params: dict, query: Tensor, memory: Tensor) -> Tensor:
+    """Unmasked scores [B, S] of query [B, H] against memory [B, S, M]."""
+    if kind == "dot":
+        return torch.einsum("bsm,bm->bs", memory, query)
+    if kind == "scaled_dot":
+        return torch.einsum("bsm,bm->bs", memory, query) / math.sqrt(query.shape[-1])
+    if kind == "general":
+        return torch.einsum("bsm,bm->bs", memory, F.linear(query, params["w"]))
+    if kind == "additive":
+        keys = F.linear(memory, params["w_memory"])  # [B, S, A]
+        q = F.linear(query, params["w_query"], params.get("b_query"))  # [B, A]
+        return torch.tanh(keys + q.unsqueeze(1)) @ params["v"]
+    raise ValueError(f"unknown attention kind {kind!r}; expected one of dot, scaled_dot, general, additive")
+
+
+def _attention(kind: str, params: dict, query: Tensor, memory: Tensor,
+               memory_lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    scores = attention_scores(kind, params, query, memory)  # [B, S]
+    if memory_lengths is not None:
+        S = memory.shape[1]
+        pad = torch.arange(S, device=memory.device) >= memory_lengths.to(memory.device).unsqueeze(1)
+        scores = scores.masked_fill(pad, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    context = torch.einsum("bs,bsm->bm", weights, memory)
+    return context, weights
+
+
+def decoder_step(
+    x: Tensor,
+    feed: Tensor | None,
+    h: Tensor,
+    c: Tensor,
+    lstm_weights: Sequence[CellWeights],
+    attn_kind: str,
+    attn_params: dict,
+    w_out: Tensor,
+    b_out: Tensor | None,
+    memory: Tensor,
+    memory_lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One decoder step.
+
+    Args:
+        x: [B, E] this step's input (embedding).
+        feed: [B, H] previous attentional state h̃ (input feeding: layer 0's input is cat(x, feed)) or None.
+        h, c: [L, B, H] previous LSTM state.
+        lstm_weights: per layer (w_ih [4H, in_l], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None), nn.LSTMCell
+            layout, gate rows i, f, g, o; in_0 = E (+ H with feed), in_l = H above.
+        attn_kind, attn_params: see the module docstring.
+        w_out: [H, M + H], b_out: [H] or None: h̃ = tanh(w_out · [context; h_top] + b_out).
+        memory: [B, S, M]; memory_lengths: [B] integers in 1..S, or None (all S positions valid).
+
+    Returns:
+        (out h̃ [B, H], h_new [L, B, H], c_new [L, B, H], attn_weights [B, S]).
+    """
+    inp = x if feed is None else torch.cat([x, feed], dim=1)
+    hs, cs = [], []
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(lstm_weights):
+        h_l, c_l = lstm_cell(inp, h[layer], c[layer], w_ih, w_hh, b_ih, b_hh, None)
+        hs.append(h_l)
+        cs.append(c_l)
+        inp = h_l
+    h_top = hs[-1]
+    context, weights = _attention(attn_kind, attn_params, h_top, memory, memory_lengths)
+    out = torch.tanh(F.linear(torch.cat([context, h_top], dim=1), w_out, b_out))
+    return out, torch.stack(hs), torch.stack(cs), weights
