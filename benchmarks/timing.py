@@ -59,10 +59,14 @@ def measure_interleaved(fns: list[Callable[[], None]], device: torch.device, war
 
     Stops after `repeats` rounds, or earlier once the timed calls took `budget_s` seconds and at least
     `min_repeats` rounds ran: cheap cases get many rounds, the slowest cases of a grid stay bounded.
+    Warm-up likewise stops after one round once it took a quarter of the budget.
     """
+    t0 = time.perf_counter()
     for _ in range(warmup):
         for fn in fns:
             fn()
+        if time.perf_counter() - t0 > budget_s / 4:
+            break
     times: list[list[float]] = [[] for _ in fns]
     spent = 0.0
     for r in range(repeats):
