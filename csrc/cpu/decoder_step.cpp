@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <vector>
 
 #include "gemm.h"
 
@@ -70,6 +72,36 @@ void additive_scores(const T* keys, const T* q, const T* v, const int64_t* lengt
       scores[i] = acc;
     }
   });
+}
+
+// w in oneDNN's blocked layout for `rows`-row inputs, packed once and then reused: a decoder calls the step
+// with the same weights every step, and unpacked weights get reordered by oneDNN on every call (at H512 that
+// reorder costs more than the GEMM at B8). The cache holds the packed copy only (the weight itself is held
+// weakly), is keyed on (weight, version counter, rows), so an in-place update of the weight repacks it, and
+// keeps the 16 most recent entries.
+at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
+  if (!onednn_linear_available(w.scalar_type())) return w;
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> weight;
+    uint32_t version;
+    int64_t rows;
+    at::Tensor packed;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  const uint32_t version = w.is_inference() ? 0 : w._version();
+  std::lock_guard<std::mutex> lock(mu);
+  for (size_t i = 0; i < cache.size(); ++i) {
+    Entry& e = cache[i];
+    if (e.rows == rows && e.version == version && !e.weight.expired() && e.weight.lock().get() == w.unsafeGetTensorImpl()) {
+      if (i != 0) std::swap(cache[0], cache[i]);
+      return cache[0].packed;
+    }
+  }
+  at::Tensor packed = pack_weight(w.contiguous(), rows);
+  cache.insert(cache.begin(), Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version, rows, packed});
+  if (cache.size() > 16) cache.pop_back();
+  return packed;
 }
 
 void check_2d(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
@@ -170,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
       TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "decoder_step: expected layer ", l,
                   " bias of size [", 4 * H, "], got ", bias->sizes());
     }
-    at::Tensor gates = fast_linear(at::cat({inp, h[l]}, 1), w.contiguous(), bias);  // [B, 4H]
+    at::Tensor gates = fast_linear(at::cat({inp, h[l]}, 1), packed_weight(w, B), bias);  // [B, 4H]
     at::Tensor c_l = c[l].contiguous();
     AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_cell", [&] {
       cell_pointwise<scalar_t>(gates.data_ptr<scalar_t>(), c_l.data_ptr<scalar_t>(), h_new[l].data_ptr<scalar_t>(),
@@ -199,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
                              [&] { masked_softmax<scalar_t>(attn.data_ptr<scalar_t>(), lp, B, S); });
   at::Tensor context = at::bmm(attn.unsqueeze(1), memory).squeeze(1);  // [B, M]
   // ---- combine: h̃ = tanh(w_out · [context; h_top] + b_out) ----
-  at::Tensor out = fast_linear(at::cat({context, top}, 1), w_out.contiguous(), b_out);
+  at::Tensor out = fast_linear(at::cat({context, top}, 1), packed_weight(w_out, B), b_out);
   out.tanh_();
   return {out, h_new, c_new, attn};
 }

@@ -1,0 +1,168 @@
+"""The fused decoder step (fused_s2s.ops.decoder_step) against the reference step: every attention kind,
+1 and 2 layers, input feeding on/off, lengths (full, 1, all-but-one masked), odd sizes, fp32 and fp64;
+the packed-weight cache after an in-place weight update; opcheck; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fused_s2s.ops.decoder_step import attention_keys, decoder_step, prepare_decoder_weights
+from fused_s2s.reference.decoder import decoder_step as reference_step
+from tests.utils import assert_close, case_id
+
+KINDS = ("dot", "scaled_dot", "general", "additive")
+
+
+def make_step_case(B=3, E=5, H=6, M=7, S=9, L=1, A=4, kind="general", feed=True, lengths="mixed",
+                   dtype=torch.float32, bias=True):
+    """(x, feed, h, c, weights, memory, memory_lengths) with fresh random draws; M = H for dot kinds."""
+    if kind in ("dot", "scaled_dot"):
+        M = H
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    lstm_weights = []
+    for layer in range(L):
+        in_l = (E + H if feed else E) if layer == 0 else H
+        lstm_weights.append((r(4 * H, in_l) * 0.5, r(4 * H, H) * 0.5, r(4 * H) if bias else None,
+                             r(4 * H) if bias and layer == 0 else None))
+    params = {"dot": {}, "scaled_dot": {}, "general": {"w": r(M, H)},
+              "additive": {"w_query": r(A, H), "b_query": r(A) if bias else None, "w_memory": r(A, M), "v": r(A)}}[kind]
+    weights = prepare_decoder_weights(lstm_weights, kind, params, r(H, M + H) * 0.5, r(H) if bias else None)
+    if lengths == "none":
+        lens = None
+    elif lengths == "one":
+        lens = torch.ones(B, dtype=torch.long)
+    elif lengths == "all_but_one":  # every position but the first is padding, and one row full
+        lens = torch.ones(B, dtype=torch.long)
+        lens[-1] = S
+    else:
+        lens = torch.randint(1, S + 1, (B,))
+        lens[0] = S
+    return (r(B, E), r(B, H) if feed else None, r(L, B, H), r(L, B, H), weights, r(B, S, M), lens)
+
+
+def assert_step_matches_reference(case, backend, dtype=torch.float32, precomputed_keys=True):
+    x, feed, h, c, weights, memory, lens = case
+    keys = attention_keys(weights.attn_kind, weights.attn_params, memory) if precomputed_keys else None
+    got = decoder_step(x, feed, h, c, weights, memory, lens, keys=keys, backend=backend)
+    want = reference_step(x, feed, h, c, weights.lstm_weights, weights.attn_kind, weights.attn_params,
+                          weights.w_out, weights.b_out, memory, lens)
+    for name, a, e in zip(("out", "h_new", "c_new", "attn"), got, want):
+        assert_close(a, e, name)
+    if lens is not None:  # padding gets exactly zero weight
+        pad = torch.arange(memory.shape[1]) >= lens.unsqueeze(1)
+        assert (got[3][pad] == 0).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("feed", [True, False])
+@pytest.mark.parametrize("lengths", ["mixed", "none", "one", "all_but_one"])
+def test_cpu_matches_reference(kind, L, feed, lengths):
+    with torch.no_grad():
+        assert_step_matches_reference(make_step_case(kind=kind, L=L, feed=feed, lengths=lengths), "cpu")
+
+
+@pytest.mark.parametrize("case", [
+    dict(B=1, E=3, H=5, M=11, S=1, L=1, A=3, bias=False),
+    dict(B=17, E=13, H=33, M=19, S=23, L=2, A=7, bias=True),
+    dict(B=64, E=16, H=40, M=24, S=50, L=1, A=16, bias=True),
+], ids=lambda c: case_id(**c))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpu_odd_sizes(case, kind, dtype):
+    with torch.no_grad():
+        assert_step_matches_reference(make_step_case(**case, kind=kind, dtype=dtype), "cpu", dtype)
+
+
+def test_keys_computed_when_not_given():
+    with torch.no_grad():
+        assert_step_matches_reference(make_step_case(kind="additive", L=2), "cpu", precomputed_keys=False)
+
+
+def test_auto_is_cpu_and_reference_backend():
+    x, feed, h, c, weights, memory, lens = make_step_case()
+    with torch.no_grad():
+        a = decoder_step(x, feed, h, c, weights, memory, lens)
+        b = decoder_step(x, feed, h, c, weights, memory, lens, backend="cpu")
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    assert_step_matches_reference((x, feed, h, c, weights, memory, lens), "reference")
+
+
+@pytest.mark.parametrize("B", [1, 8])
+def test_weight_update_in_place_is_seen(B):
+    """The C++ op caches oneDNN-packed weights keyed on the weight's version: an in-place update must repack."""
+    case = make_step_case(B=B, E=8, H=16, M=16, L=2)
+    with torch.no_grad():
+        assert_step_matches_reference(case, "cpu")
+        w = case[4]
+        w.w_cat[0].mul_(-0.5)
+        w.w_out.add_(0.25)
+        w.lstm_weights[0][0].copy_(w.w_cat[0][:, :w.lstm_weights[0][0].shape[1]])
+        w.lstm_weights[0][1].copy_(w.w_cat[0][:, w.lstm_weights[0][0].shape[1]:])
+        assert_step_matches_reference(case, "cpu")
+
+
+def test_opcheck():
+    x, feed, h, c, weights, memory, lens = make_step_case(kind="additive", L=2, dtype=torch.float64)
+    keys = attention_keys("additive", weights.attn_params, memory)
+    p = weights.attn_params
+    args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "additive", keys.keys, 1.0, p["w_query"],
+            p["b_query"], p["v"], memory, lens, weights.w_out, weights.b_out)
+    torch.library.opcheck(torch.ops.fused_s2s.decoder_step.default, args)
+
+
+def test_requires_grad_is_refused():
+    x, feed, h, c, weights, memory, lens = make_step_case()
+    h.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference only"):
+        decoder_step(x, feed, h, c, weights, memory, lens)
+    with torch.no_grad():
+        decoder_step(x, feed, h, c, weights, memory, lens)  # fine without grad mode
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("lengths_zero", r"every memory length must be in \[1, 9\]"),
+    ("lengths_long", r"every memory length must be in \[1, 9\]"),
+    ("lengths_float", "memory_lengths must be an integer tensor"),
+    ("lengths_size", r"expected memory_lengths of size \[3\]"),
+    ("batch", r"expected memory of size \[3, S, M\]"),
+    ("x_size", r"expected layer 0 weight \[w_ih \| w_hh\] of size"),
+    ("feed_size", r"expected feed of size \[3, 6\]"),
+    ("dtype", "must have the type"),
+    ("memory_size", r"expected w_out of size \[6, 16\]"),
+])
+def test_bad_input(bad, match):
+    x, feed, h, c, weights, memory, lens = make_step_case()
+    if bad == "lengths_zero":
+        lens[1] = 0
+    elif bad == "lengths_long":
+        lens[1] = 10
+    elif bad == "lengths_float":
+        lens = lens.float()
+    elif bad == "lengths_size":
+        lens = lens[:2]
+    elif bad == "batch":
+        memory = memory[:2]
+    elif bad == "x_size":
+        x = torch.randn(3, 4)
+    elif bad == "feed_size":
+        feed = torch.randn(3, 5)
+    elif bad == "dtype":
+        x = x.double()
+    elif bad == "memory_size":
+        memory = torch.randn(3, 9, 10)
+    keys = attention_keys("general", weights.attn_params, torch.randn(3, 9, 7)) if bad == "memory_size" else None
+    with torch.no_grad(), pytest.raises((RuntimeError, ValueError), match=match):
+        decoder_step(x, feed, h, c, weights, memory, lens, keys=keys, backend="cpu")
+
+
+def test_lengths_on_other_device_is_refused():
+    x, feed, h, c, weights, memory, lens = make_step_case()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="memory_lengths must be on cpu"):
+        decoder_step(x, feed, h, c, weights, memory, lens.to("meta"), backend="cpu")
+
+
+def test_unknown_attention_kind():
+    with pytest.raises(ValueError, match="unknown attention kind 'luong'"):
+        prepare_decoder_weights([], "luong", {}, torch.randn(2, 4), None)
