@@ -9,5 +9,9 @@ PyTorch oracle), fused_s2s.nn (the modules).
 """
 from fused_s2s import ops, reference
 from fused_s2s.nn import FusedLSTM, FusedLSTMEncoder, replace_lstm
+from fused_s2s.nn.decoder import DecoderState, FusedDecoder
+from fused_s2s.nn.seq2seq import Seq2Seq
+from fused_s2s.decoding import beam_search, greedy_decode
 
-__all__ = ["FusedLSTM", "FusedLSTMEncoder", "replace_lstm", "ops", "reference"]
+__all__ = ["FusedLSTM", "FusedLSTMEncoder", "replace_lstm", "FusedDecoder", "DecoderState", "Seq2Seq",
+           "greedy_decode", "beam_search", "ops", "reference"]
