@@ -49,7 +49,7 @@ def assert_step_matches_reference(case, backend, dtype=torch.float32, precompute
     for name, a, e in zip(("out", "h_new", "c_new", "attn"), got, want):
         assert_close(a, e, name)
     if lens is not None:  # padding gets exactly zero weight
-        pad = torch.arange(memory.shape[1]) >= lens.unsqueeze(1)
+        pad = torch.arange(memory.shape[1], device=memory.device) >= lens.unsqueeze(1)
         assert (got[3][pad] == 0).all()
 
 
