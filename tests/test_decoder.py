@@ -1,0 +1,169 @@
+"""FusedDecoder against a step-by-step loop of fused_s2s.reference.decoder.decoder_step: outputs, attention,
+final state and gradients (parameters and memory); step() against forward(); init_state from an encoder."""
+import pytest
+import torch
+
+from fused_s2s import FusedDecoder, FusedLSTMEncoder
+from fused_s2s.nn.decoder import ATTENTION_KINDS, DecoderState
+from fused_s2s.reference.decoder import decoder_step as ref_step
+from tests.utils import assert_close, case_id
+
+E, H, S, T = 5, 7, 6, 4
+
+
+def make(kind, layers, feeding, memory_size=H, dtype=torch.float64, **kw):
+    dec = FusedDecoder(E, H, memory_size, num_layers=layers, attention=kind, input_feeding=feeding, dtype=dtype, **kw)
+    for p in dec.parameters():  # nonzero biases everywhere
+        torch.nn.init.uniform_(p, -0.5, 0.5)
+    return dec
+
+
+def reference_loop(dec, x, memory, lengths, state):
+    lstm_weights = dec._lstm_weights()
+    params = dec.attn.params()
+    h, c, feed = state.h, state.c, state.feed
+    outs, attns = [], []
+    for t in range(x.shape[1]):
+        out, h, c, a = ref_step(x[:, t], feed if dec.input_feeding else None, h, c, lstm_weights, dec.attention,
+                                params, dec.linear_out.weight, dec.linear_out.bias, memory, lengths)
+        feed = out
+        outs.append(out)
+        attns.append(a)
+    return torch.stack(outs, 1), torch.stack(attns, 1), h, c
+
+
+def random_state(dec, B, dtype):
+    return DecoderState(torch.randn(dec.num_layers, B, H, dtype=dtype), torch.randn(dec.num_layers, B, H, dtype=dtype),
+                        torch.randn(B, H, dtype=dtype) if dec.input_feeding else None)
+
+
+CASES = [(k, l, f, ml) for k in ATTENTION_KINDS for l in (1, 2) for f in (True, False) for ml in (True, False)]
+
+
+@pytest.mark.parametrize("kind,layers,feeding,use_lengths", CASES,
+                         ids=[case_id(att=k, L=l, feed=f, lens=m) for k, l, f, m in CASES])
+def test_forward_and_grads_match_reference_loop(kind, layers, feeding, use_lengths):
+    dtype = torch.float64
+    B = 3
+    dec = make(kind, layers, feeding)
+    x = torch.randn(B, T, E, dtype=dtype, requires_grad=True)
+    memory = torch.randn(B, S, H, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([S, 1, 4]) if use_lengths else None
+    state = random_state(dec, B, dtype)
+    out, attn, final = dec(x, memory, lengths, state, return_attention=True)
+    r_out, r_attn, r_h, r_c = reference_loop(dec, x, memory, lengths, state)
+    assert_close(out, r_out, "outputs")
+    assert_close(attn, r_attn, "attention")
+    assert_close(final.h, r_h, "h_n")
+    assert_close(final.c, r_c, "c_n")
+    if use_lengths:
+        assert (attn[1, :, 1:] == 0).all(), "masked positions must get weight exactly 0"
+    grads_in = [x, memory, *dec.parameters()]
+    g_out, g_h, g_c = torch.randn_like(out), torch.randn_like(final.h), torch.randn_like(final.c)
+    ours = torch.autograd.grad((out * g_out).sum() + (final.h * g_h).sum() + (final.c * g_c).sum(), grads_in,
+                               allow_unused=True)
+    theirs = torch.autograd.grad((r_out * g_out).sum() + (r_h * g_h).sum() + (r_c * g_c).sum(), grads_in,
+                                 allow_unused=True)
+    names = ["x", "memory"] + [n for n, _ in dec.named_parameters()]
+    for name, a, b in zip(names, ours, theirs):
+        if b is None:
+            assert a is None or (a == 0).all(), name
+            continue
+        assert_close(a, b, f"grad {name}")
+
+
+@pytest.mark.parametrize("kind,layers,feeding,use_lengths", CASES,
+                         ids=[case_id(att=k, L=l, feed=f, lens=m) for k, l, f, m in CASES])
+def test_step_reproduces_forward(kind, layers, feeding, use_lengths):
+    B = 4
+    dec = make(kind, layers, feeding, dtype=torch.float32)
+    x = torch.randn(B, T, E)
+    memory = torch.randn(B, S, H)
+    lengths = torch.tensor([S, 2, 1, 5]) if use_lengths else None
+    state = random_state(dec, B, torch.float32)
+    out, attn, final = dec(x, memory, lengths, state, return_attention=True)
+    with torch.no_grad():  # the fused op path
+        keys = dec.precompute_keys(memory)
+        s, outs, attns = state, [], []
+        for t in range(T):
+            o, s, a = dec.step(x[:, t], s, memory, lengths, keys=keys)
+            outs.append(o)
+            attns.append(a)
+    assert_close(torch.stack(outs, 1), out.detach(), "step outputs")
+    assert_close(torch.stack(attns, 1), attn.detach(), "step attention")
+    assert_close(s.h, final.h.detach(), "step h")
+    assert_close(s.c, final.c.detach(), "step c")
+    # with grad: the differentiable composition gives the same numbers
+    s = state
+    for t in range(T):
+        o, s, _ = dec.step(x[:, t], s, memory, lengths)
+    assert o.requires_grad
+    assert_close(o, out[:, -1], "composed step output")
+
+
+def test_memory_size_differs_from_hidden():
+    dec = make("general", 2, True, memory_size=9)
+    x, memory = torch.randn(2, 3, E, dtype=torch.float64), torch.randn(2, 5, 9, dtype=torch.float64)
+    state = random_state(dec, 2, torch.float64)
+    out, attn, final = dec(x, memory, None, state, return_attention=True)
+    r_out, r_attn, r_h, _ = reference_loop(dec, x, memory, None, state)
+    assert_close(out, r_out, "outputs")
+    assert_close(final.h, r_h, "h_n")
+
+
+def test_zero_state_default_and_reorder():
+    dec = make("dot", 2, True, dtype=torch.float32)
+    x, memory = torch.randn(3, 2, E), torch.randn(3, S, H)
+    out, _, final = dec(x, memory)
+    out2, _, _ = dec(x, memory, state=dec.zero_state(3, x))
+    assert_close(out, out2, "default state")
+    idx = torch.tensor([2, 0, 0])
+    r = final.reorder(idx)
+    assert_close(r.h, final.h[:, idx], "reordered h")
+    assert_close(r.feed, final.feed[idx], "reordered feed")
+    rep = final.repeat_interleave(2)
+    assert rep.h.shape == (2, 6, H) and torch.equal(rep.c[:, 3], final.c[:, 1])
+
+
+def test_dropout_between_layers_only_in_training():
+    dec = make("general", 2, True, dtype=torch.float32, dropout=0.5)
+    x, memory = torch.randn(2, 3, E), torch.randn(2, S, H)
+    dec.eval()
+    a, _, _ = dec(x, memory)
+    b, _, _ = dec(x, memory)
+    assert torch.equal(a, b)
+    dec.train()
+    c, _, _ = dec(x, memory)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("bridge", ["concat", "linear"])
+def test_init_state_from_bidirectional_two_layer_encoder(bridge):
+    He = H // 2 if bridge == "linear" else 4  # concat needs 2 * He == decoder hidden
+    Hd = 2 * He if bridge == "concat" else H
+    enc = FusedLSTMEncoder(E, He, num_layers=2, bidirectional=True, batch_first=True)
+    dec = FusedDecoder(E, Hd, 2 * He, num_layers=2, bridge=bridge, encoder_hidden_size=He)
+    src = torch.randn(3, 5, E)
+    memory, (h_n, c_n) = enc(src, lengths=torch.tensor([5, 3, 1]))
+    state = dec.init_state((h_n, c_n))
+    assert state.h.shape == (2, 3, Hd) and state.feed.shape == (3, Hd) and (state.feed == 0).all()
+    cat_h = torch.stack([torch.cat([h_n[2 * l], h_n[2 * l + 1]], dim=1) for l in range(2)])  # OpenNMT's h[0::2], h[1::2]
+    cat_c = torch.cat([c_n[0::2], c_n[1::2]], dim=2)
+    if bridge == "concat":
+        assert_close(state.h, cat_h, "h")
+        assert_close(state.c, cat_c, "c")
+    else:
+        assert_close(state.h, dec.bridge.h(cat_h), "bridged h")
+        assert_close(state.c, dec.bridge.c(cat_c), "bridged c")
+        # gradients reach the bridge and the encoder
+        out, _, _ = dec(torch.randn(3, 2, E), memory, torch.tensor([5, 3, 1]), state)
+        out.sum().backward()
+        assert dec.bridge.h.weight.grad is not None and enc.weight_hh_l1_reverse.grad is not None
+    out, _, _ = dec(torch.randn(3, 2, E), memory, torch.tensor([5, 3, 1]), dec.init_state((h_n, c_n)))
+    assert out.shape == (3, 2, Hd)
+
+
+def test_init_state_none_is_zeros():
+    dec = make("general", 2, True, dtype=torch.float32)
+    s = dec.init_state(None, batch_size=3, like=torch.empty(0))
+    assert (s.h == 0).all() and (s.c == 0).all() and s.feed.shape == (3, H)
