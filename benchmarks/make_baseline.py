@@ -20,12 +20,12 @@ def merge(reports: list[dict]) -> dict:
     """The first report's layout and environment; per row with a speedup, that row of the run with the median
     speedup (rows without one, nn.LSTM's, stay as the first run has them: the gate does not read them)."""
     out = copy.deepcopy(reports[0])
-    key = METRICS["median"]
     by_name = [{r["name"]: r for r in rep["benchmarks"]} for rep in reports]
     rows = []
     for row in out["benchmarks"]:
         versions = [b[row["name"]] for b in by_name if row["name"] in b]
-        if key in row["extra_info"]:
+        key = next((k for k in METRICS["median"] if k in row["extra_info"]), None)
+        if key is not None:
             ranked = sorted(versions, key=lambda r: r["extra_info"][key])
             row = copy.deepcopy(ranked[len(ranked) // 2])  # the median run (of an odd count)
             row["extra_info"]["baseline_runs"] = [r["extra_info"][key] for r in versions]

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from benchmarks.cases import GRIDS, NN_LSTM, Case, default_dtypes, grid
+from benchmarks.cases import GRIDS, Case, default_dtypes, grid
 from benchmarks.environment import REPO_ROOT, environment
 from benchmarks.measure import run_case
 from benchmarks.plot import plot
@@ -42,21 +42,30 @@ def _ratio(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+SPEEDUP_KEYS = ("speedup_vs_nn_lstm", "speedup_vs_eager")
+
+
+def _speedup(row: dict) -> Optional[float]:
+    return next((row["extra_info"][k] for k in SPEEDUP_KEYS if k in row["extra_info"]), None)
+
+
 def markdown_table(rows: list[dict], cuda: bool) -> str:
-    """One line per case and implementation other than nn.LSTM: times, speedup, memory ratio."""
-    nn_rows = {r["group"]: r for r in rows if r["extra_info"]["impl"] == NN_LSTM}
-    head = ["case", "impl", "ms, median (p20–p80)", "nn.LSTM ms, median (p20–p80)", "speedup",
+    """One line per case and implementation under test: times, the baseline's times (nn.LSTM; eager PyTorch
+    for the decoder step), speedup, memory ratio."""
+    base_rows = {r["group"]: r for r in rows if _speedup(r) is None}
+    head = ["case", "impl", "ms, median (p20–p80)", "baseline ms, median (p20–p80)", "speedup",
             "saved for backward, ours/nn"]
     if cuda:
         head.append("peak memory, ours/nn")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
     for r in rows:
         e = r["extra_info"]
-        if e["impl"] == NN_LSTM:
+        if _speedup(r) is None:
             continue
-        n = nn_rows[r["group"]]
+        n = base_rows[r["group"]]
         cells = [r["group"], e["impl"], f"{_ms(r):.3f} ({_ms(r, 'p20'):.3f}–{_ms(r, 'p80'):.3f})",
-                 f"{_ms(n):.3f} ({_ms(n, 'p20'):.3f}–{_ms(n, 'p80'):.3f})", f"{e['speedup_vs_nn_lstm']:.2f}",
+                 f"{n['extra_info']['impl']} {_ms(n):.3f} ({_ms(n, 'p20'):.3f}–{_ms(n, 'p80'):.3f})",
+                 f"{_speedup(r):.2f}",
                  _ratio(e.get("saved_bytes_ratio"))]
         if cuda:
             cells.append(_ratio(e.get("peak_bytes_ratio")))
@@ -64,18 +73,26 @@ def markdown_table(rows: list[dict], cuda: bool) -> str:
     return "\n".join(lines)
 
 
-def extra_rows(device: torch.device, grid_name: str) -> list[tuple[str, object]]:
-    """Hook for benchmarks that live in other files: (label, thunk returning result rows) pairs.
-
-    benchmarks/decoder_speed.py (the decoder's greedy step) joins the report when it defines
-    `report_rows(device, grid_name) -> list[dict]` returning rows in this report's layout (group, name,
-    params, stats in seconds, extra_info with impl and speedup_vs_nn_lstm, plus 'gate').
-    """
-    if importlib.util.find_spec("benchmarks.decoder_speed") is None:
-        return []
+def decoder_rows(device: torch.device, grid_name: str) -> list[dict]:
+    """The greedy decoder step (benchmarks/decoder_speed.py: fused step vs eager PyTorch, CPU tensors),
+    as rows of this report: per batch size, an 'eager' row and a 'fused-cpu' row with speedup_vs_eager."""
+    if device.type != "cpu" or importlib.util.find_spec("benchmarks.decoder_speed") is None:
+        return []  # its cases build CPU tensors and the C++ step
     from benchmarks import decoder_speed
-    fn = getattr(decoder_speed, "report_rows", None)
-    return [] if fn is None else [("decoder greedy step", lambda: fn(device, grid_name))]
+
+    rows = []
+    for r in decoder_speed.run_cases(quick=grid_name != "full", backend="cpu"):
+        shape = r["shape"]
+        group = f"greedy step B{shape['B']} H{shape['H']} E{shape['E']} S{shape['S']} {shape['attention']} float32"
+        params = {**shape, "backward": False, "dtype": "float32", "op": "decoder_step"}
+        for impl, t in (("eager", r["eager_ms"]), (f"fused-{r['backend']}", r["fused_ms"])):
+            extra: dict[str, object] = {"impl": impl, "backend": r["backend"] if impl != "eager" else "eager"}
+            if impl != "eager":
+                extra.update(speedup_vs_eager=r["speedup"], max_abs_diff_vs_eager=r["max_diff"], gate=True)
+            rows.append({"group": group, "name": f"{impl} {group}", "params": {**params, "impl": impl},
+                         "stats": {"median": t["median"] / 1e3, "p20": t["p20"] / 1e3, "p80": t["p80"] / 1e3,
+                                   "rounds": t["n"]}, "extra_info": extra})
+    return rows
 
 
 def select(cases: list[Case], pattern: Optional[str]) -> list[Case]:
@@ -128,8 +145,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     rows: list[dict] = []
     for case in tqdm(cases, desc="cases", unit="case", disable=args.no_progress):
         rows += run_case(case, device, args.warmup, args.repeats, args.budget)
-    for _label, thunk in extra_rows(device, args.grid):
-        rows += thunk()
+    rows += decoder_rows(device, args.grid)
     elapsed = time.perf_counter() - start
     print(markdown_table(rows, device.type == "cuda"))
     report = {
