@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <mutex>
@@ -23,7 +24,7 @@ inline T sigmoid(T v) {
 // gates [B, 4H] (i, f, g, o, biases already added), c [B, H] (row stride c_stride) -> h_out, c_out [B, H]
 template <typename T>
 void cell_pointwise(const T* gates, const T* c, T* h_out, T* c_out, int64_t B, int64_t H) {
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* g = gates + b * 4 * H;
       for (int64_t j = 0; j < H; ++j) {
@@ -39,7 +40,7 @@ void cell_pointwise(const T* gates, const T* c, T* h_out, T* c_out, int64_t B, i
 // scores [B, S] in place -> softmax over the first len_b entries, exact zeros after.
 template <typename T>
 void masked_softmax(T* scores, const int64_t* lengths, int64_t B, int64_t S) {
-  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, std::max<int64_t>(16, 16384 / std::max<int64_t>(S, 1)), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* row = scores + b * S;
       int64_t n = lengths ? lengths[b] : S;
@@ -61,7 +62,7 @@ void masked_softmax(T* scores, const int64_t* lengths, int64_t B, int64_t S) {
 template <typename T>
 void additive_scores(const T* keys, const T* q, const T* v, const int64_t* lengths, T* scores, int64_t B,
                      int64_t S, int64_t A) {
-  at::parallel_for(0, B * S, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, B * S, std::max<int64_t>(8, 16384 / std::max<int64_t>(A, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       int64_t b = i / S, s = i % S;
       if (lengths && s >= lengths[b]) continue;  // masked anyway
@@ -102,6 +103,16 @@ at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
   cache.insert(cache.begin(), Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version, rows, packed});
   if (cache.size() > 16) cache.pop_back();
   return packed;
+}
+
+// One step's GEMM. At B = 1 it is a matrix-vector product, bandwidth bound: ATen's (MKL) gemv reads the
+// plain weight as fast as oneDNN reads the packed one (~220 us for [2048, 1536] fp32, one thread), and it
+// does not fork an OpenMP team, whose barrier costs milliseconds when the other core is busy (measured
+// 2026-11-23 with both cores loaded: gemv 250 us, oneDNN packed 12 ms). Above B = 1 the packed oneDNN
+// GEMM wins (B8: ~550 us packed vs ~1.1 ms MKL, one thread).
+at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  if (x.size(0) == 1) return at::linear(x, w, bias);
+  return fast_linear(x, packed_weight(w, x.size(0)), bias);
 }
 
 void check_2d(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
@@ -202,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
       TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "decoder_step: expected layer ", l,
                   " bias of size [", 4 * H, "], got ", bias->sizes());
     }
-    at::Tensor gates = fast_linear(at::cat({inp, h[l]}, 1), packed_weight(w, B), bias);  // [B, 4H]
+    at::Tensor gates = step_linear(at::cat({inp, h[l]}, 1), w, bias);  // [B, 4H]
     at::Tensor c_l = c[l].contiguous();
     AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_cell", [&] {
       cell_pointwise<scalar_t>(gates.data_ptr<scalar_t>(), c_l.data_ptr<scalar_t>(), h_new[l].data_ptr<scalar_t>(),
@@ -231,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
                              [&] { masked_softmax<scalar_t>(attn.data_ptr<scalar_t>(), lp, B, S); });
   at::Tensor context = at::bmm(attn.unsqueeze(1), memory).squeeze(1);  // [B, M]
   // ---- combine: h̃ = tanh(w_out · [context; h_top] + b_out) ----
-  at::Tensor out = fast_linear(at::cat({context, top}, 1), packed_weight(w_out, B), b_out);
+  at::Tensor out = step_linear(at::cat({context, top}, 1), w_out, b_out);
   out.tanh_();
   return {out, h_new, c_new, attn};
 }
