@@ -89,8 +89,9 @@ def beam_search(step_fn: StepFn, state: Any, batch_size: int, beam_size: int, bo
     beam_size rows, beam-inner: row b * beam_size + j is beam j of source b (DecoderState.repeat_interleave).
     At each step the beam_size best live continuations of every source are kept; a continuation ending in EOS
     becomes a finished hypothesis, scored by its summed log-probability divided by the length penalty
-    ("none", "avg": per token, "gnmt": ((5 + len) / 6) ** alpha). A source stops once it has beam_size finished
-    hypotheses, or at max_length (live beams then count as finished). Returns the best hypothesis per source:
+    ("none", "avg": per token, "gnmt": ((5 + len) / 6) ** alpha). A source stops when its best continuation
+    ends in EOS (exact for "none": no live beam can still beat it), or at max_length (live beams then count as
+    finished). Returns the best hypothesis per source:
     (tokens [B, T] without BOS, EOS included if emitted, pad_id after; lengths [B]; normalised scores [B]).
     """
     _check_args(batch_size, max_length)
@@ -115,18 +116,17 @@ def beam_search(step_fn: StepFn, state: Any, batch_size: int, beam_size: int, bo
         new_rows, new_tokens, new_scores = [], [], []
         for b in range(B):
             rows, toks, scs = [], [], []
-            for s, idx in zip(top_scores[b].tolist(), top_idx[b].tolist()):
-                if done[b] or len(rows) == K:
-                    break
-                if s == float("-inf"):
+            for rank, (s, idx) in enumerate(zip(top_scores[b].tolist(), top_idx[b].tolist())):
+                if done[b] or len(rows) == K or s == float("-inf"):
                     break
                 beam, tok = divmod(idx, V)
                 row = b * K + beam
                 if tok == eos_id:
                     seq = torch.cat([history[row], history.new_tensor([eos_id])])
                     finished[b].append((s / length_penalty(length_penalty_kind, t + 1, alpha), seq))
-                    if len(finished[b]) >= K:
-                        done[b] = True
+                    # The best continuation ends: stop this source (OpenNMT's rule; exact without a length
+                    # penalty, since live scores only fall).
+                    done[b] = rank == 0
                     continue
                 rows.append(row)
                 toks.append(tok)

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from fused_s2s.nn.bridge import Bridge, BRIDGES
 from fused_s2s.nn.lstm import FusedLSTM
-from fused_s2s.ops.decoder_step import attention_keys, decoder_step as fused_decoder_step, prepare_decoder_weights
+from fused_s2s.ops.decoder_step import attention_keys, prepare_decoder_weights
+from fused_s2s.ops.decoder_step import decoder_step as fused_decoder_step
 
 __all__ = ["FusedDecoder", "DecoderState", "ATTENTION_KINDS"]
 
