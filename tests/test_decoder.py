@@ -5,7 +5,7 @@ import torch
 
 from fused_s2s import FusedDecoder, FusedLSTMEncoder
 from fused_s2s.nn.decoder import ATTENTION_KINDS, DecoderState
-from fused_s2s.reference.decoder import decoder_step as ref_step
+from fused_s2s.reference.decoder import decoder as ref_decoder
 from tests.utils import assert_close, case_id
 
 E, H, S, T = 5, 7, 6, 4
@@ -19,17 +19,8 @@ def make(kind, layers, feeding, memory_size=H, dtype=torch.float64, **kw):
 
 
 def reference_loop(dec, x, memory, lengths, state):
-    lstm_weights = dec._lstm_weights()
-    params = dec.attn.params()
-    h, c, feed = state.h, state.c, state.feed
-    outs, attns = [], []
-    for t in range(x.shape[1]):
-        out, h, c, a = ref_step(x[:, t], feed if dec.input_feeding else None, h, c, lstm_weights, dec.attention,
-                                params, dec.linear_out.weight, dec.linear_out.bias, memory, lengths)
-        feed = out
-        outs.append(out)
-        attns.append(a)
-    return torch.stack(outs, 1), torch.stack(attns, 1), h, c
+    return ref_decoder(x, state.feed, state.h, state.c, dec._lstm_weights(), dec.attention, dec.attn.params(),
+                       dec.linear_out.weight, dec.linear_out.bias, memory, lengths, input_feeding=dec.input_feeding)
 
 
 def random_state(dec, B, dtype):

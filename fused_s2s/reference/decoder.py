@@ -98,3 +98,34 @@ def decoder_step(
     context, weights = _attention(attn_kind, attn_params, h_top, memory, memory_lengths)
     out = torch.tanh(F.linear(torch.cat([context, h_top], dim=1), w_out, b_out))
     return out, torch.stack(hs), torch.stack(cs), weights
+
+
+def decoder(
+    inputs: Tensor,
+    feed: Tensor | None,
+    h: Tensor,
+    c: Tensor,
+    lstm_weights: Sequence[CellWeights],
+    attn_kind: str,
+    attn_params: dict,
+    w_out: Tensor,
+    b_out: Tensor | None,
+    memory: Tensor,
+    memory_lengths: Tensor | None,
+    input_feeding: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Teacher forcing over inputs [B, T, E]: decoder_step once per step, h̃ fed back when input_feeding
+    (feed: the initial h̃ [B, H], zeros when None). The oracle for FusedDecoder.forward.
+
+    Returns (outputs [B, T, H], attention [B, T, S], h_n [L, B, H], c_n [L, B, H]).
+    """
+    if input_feeding and feed is None:
+        feed = inputs.new_zeros(inputs.shape[0], h.shape[-1])
+    outs, attns = [], []
+    for t in range(inputs.shape[1]):
+        out, h, c, weights = decoder_step(inputs[:, t], feed if input_feeding else None, h, c, lstm_weights,
+                                          attn_kind, attn_params, w_out, b_out, memory, memory_lengths)
+        feed = out
+        outs.append(out)
+        attns.append(weights)
+    return torch.stack(outs, 1), torch.stack(attns, 1), h, c
