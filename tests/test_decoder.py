@@ -158,3 +158,16 @@ def test_init_state_none_is_zeros():
     dec = make("general", 2, True, dtype=torch.float32)
     s = dec.init_state(None, batch_size=3, like=torch.empty(0))
     assert (s.h == 0).all() and (s.c == 0).all() and s.feed.shape == (3, H)
+
+
+@pytest.mark.parametrize("feeding", [True, False])
+def test_reference_backend_step_and_forward(feeding):
+    dec = make("additive", 2, feeding, dtype=torch.float32, backend="reference")
+    x, memory, lengths = torch.randn(2, 3, E), torch.randn(2, S, H), torch.tensor([2, S])
+    out, _, final = dec(x, memory, lengths)
+    with torch.no_grad():
+        s = dec.zero_state(2, x)
+        for t in range(3):
+            o, s, _ = dec.step(x[:, t], s, memory, lengths)
+    assert_close(o, out[:, -1].detach(), "reference-backend step")
+    assert_close(s.c, final.c.detach(), "reference-backend c")
