@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fused_s2s.triton.cell_math import sigmoid, tanh
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
 
@@ -33,17 +35,6 @@ def attention_config(M: int) -> tuple[int, int, int]:
     fp32 values per program, spread over 8 warps above M = 512 (4 warps and BLOCK_S 32 spill at M = 1024)."""
     block_m = triton.next_power_of_2(M)
     return max(16, min(64, 16384 // block_m)), block_m, 4 if block_m <= 512 else 8
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # 2·sigmoid(2x) − 1: exp overflow gives exactly ±1, never NaN
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
 @triton.jit
@@ -96,9 +87,9 @@ def decoder_cell_kernel(
     idx = offs_b[:, None] * H + offs_h[None, :]
     mask = mask_b[:, None] & mask_h[None, :]
     c = tl.load(CP + idx, mask=mask, other=0.0)
-    c_new = _sigmoid(gf) * c + _sigmoid(gi) * _tanh(gg)
+    c_new = sigmoid(gf) * c + sigmoid(gi) * tanh(gg)
     tl.store(CN + idx, c_new, mask=mask)
-    tl.store(HN + idx, _sigmoid(go) * _tanh(c_new), mask=mask)
+    tl.store(HN + idx, sigmoid(go) * tanh(c_new), mask=mask)
 
 
 @triton.jit
@@ -133,7 +124,7 @@ def decoder_attention_kernel(
             q = tl.load(Q + b * K + dd, mask=mask_d, other=0.0)
             if ADDITIVE:
                 v = tl.load(V + dd, mask=mask_d, other=0.0)
-                score += tl.sum(_tanh(k + q[None, :]) * v[None, :], axis=1)
+                score += tl.sum(tanh(k + q[None, :]) * v[None, :], axis=1)
             else:
                 score += tl.sum(k * q[None, :], axis=1)
         score = tl.where(mask_s, score * scale, float("-inf"))
@@ -171,7 +162,7 @@ def decoder_combine_kernel(
     acc = _segment_dot(acc, HT, H, W, M + H, M, 0, offs_b, offs_h, mask_b, mask_h, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_h, mask=mask_h, other=0.0)[None, :]
-    tl.store(OUT + offs_b[:, None] * H + offs_h[None, :], _tanh(acc), mask=mask_b[:, None] & mask_h[None, :])
+    tl.store(OUT + offs_b[:, None] * H + offs_h[None, :], tanh(acc), mask=mask_b[:, None] & mask_h[None, :])
 
 
 def _empty(*shape, like: Tensor) -> Tensor:

@@ -37,6 +37,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fused_s2s.triton.cell_math import lstm_cell, tanh
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Tests set this: buffers a kernel must fully write start as NaN, so a missed element fails a comparison.
 POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
@@ -98,17 +100,6 @@ def select_forward(B: int, H: int, P: int, T: int, config: Config, sm_count: int
     if H * P <= 256 * 256 or batch_programs >= max(1, sm_count // 2):
         return "persistent"
     return "per_step"
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # 2σ(2x) − 1: saturates to ±1 without inf/inf, and NaN stays NaN
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
 @triton.jit
@@ -200,14 +191,9 @@ def lstm_fwd_kernel(
             acc_f += tl.load(xp + H, mask=au, other=0.0).to(ACC)
             acc_g += tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
             acc_o += tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
-            ig = _sigmoid(acc_i)
-            fg = _sigmoid(acc_f)
-            gg = _tanh(acc_g)
-            og = _sigmoid(acc_o)
             cs = CS + rows64[:, None] * H + units[None, :]
             c_prev = tl.load(cs, mask=ru, other=0.0)
-            c = fg * c_prev + ig * gg
-            h = og * _tanh(c)
+            ig, fg, gg, og, c, h = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev)
             tl.store(cs, tl.where(active[:, None], c, c_prev), mask=ru)
             if SAVE:
                 gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
@@ -338,7 +324,7 @@ def lstm_bwd_kernel(
             c_init = tl.load(C0 + rows64[:, None] * H + units[None, :], mask=au & first, other=0.0).to(ACC)
             c_prev = tl.where(first, c_init, c_prev_saved)
             dc_carry = tl.load(DCS + rows64[:, None] * H + units[None, :], mask=ru, other=0.0)
-            tc = _tanh(c)
+            tc = tanh(c)
             dc = dc_carry + dh * og * (1.0 - tc * tc)
             d_i = dc * gg * ig * (1.0 - ig)
             d_f = dc * c_prev * fg * (1.0 - fg)

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fused_s2s.triton.lstm import INTERPRET, _dot, _dot_fp32, _output, _precision, _row_time, _sigmoid, _tanh
+from fused_s2s.triton.cell_math import sigmoid, tanh
+from fused_s2s.triton.lstm import INTERPRET, _dot, _dot_fp32, _output, _precision, _row_time
 from fused_s2s.triton.lstm import acc_dtype
 
 # The largest H whose four [H, BLOCK_H] weight slices stay on chip without spills and within an SM's 64K
@@ -88,14 +89,16 @@ def lstm_fwd_grid_kernel(
             a_f = _dot(h_prev, w_f, DOT_FP32, PRECISION) + tl.load(xp + H, mask=au, other=0.0).to(ACC)
             a_g = _dot(h_prev, w_g, DOT_FP32, PRECISION) + tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
             a_o = _dot(h_prev, w_o, DOT_FP32, PRECISION) + tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
-            ig = _sigmoid(a_i)
-            fg = _sigmoid(a_f)
-            gg = _tanh(a_g)
-            og = _sigmoid(a_o)
+            # activations before the c_{t-1} load, inline: loading c first (as cell_math.lstm_cell needs)
+            # cost 16-bit H 256 an 8-byte spill on sm_90
+            ig = sigmoid(a_i)
+            fg = sigmoid(a_f)
+            gg = tanh(a_g)
+            og = sigmoid(a_o)
             cs = CS + rows64[:, None] * H + units[None, :]
             c_prev = tl.load(cs, mask=ru, other=0.0)
             c = fg * c_prev + ig * gg
-            h = og * _tanh(c)
+            h = og * tanh(c)
             on = active[:, None]
             tl.store(cs, tl.where(on, c, c_prev), mask=ru)
             if SAVE:
