@@ -27,7 +27,7 @@ from torch import Tensor
 
 from fused_s2s.reference.lstm import lstm_cell
 
-__all__ = ["decoder_step", "attention_scores"]
+__all__ = ["decoder_step", "decoder", "attention_scores"]
 
 CellWeights = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None"]
 
