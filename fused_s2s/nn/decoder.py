@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from fused_s2s.nn.bridge import Bridge, BRIDGES
 from fused_s2s.nn.lstm import FusedLSTM
+from fused_s2s.ops.attention import attention as fused_attention
 from fused_s2s.ops.decoder_step import attention_keys, prepare_decoder_weights
 from fused_s2s.ops.decoder_step import decoder_step as fused_decoder_step
 
@@ -86,18 +87,6 @@ class _AttentionParams(nn.Module):
         if self.kind == "additive":
             return {"w_query": self.w_query, "b_query": self.b_query, "w_memory": self.w_memory, "v": self.v}
         return {}
-
-    def scores(self, query: Tensor, memory: Tensor) -> Tensor:
-        """Unmasked scores [B, T, S] of queries [B, T, H] against memory [B, S, M] (differentiable)."""
-        if self.kind == "dot":
-            return query @ memory.transpose(1, 2)
-        if self.kind == "scaled_dot":
-            return (query @ memory.transpose(1, 2)) / math.sqrt(query.shape[-1])
-        if self.kind == "general":
-            return F.linear(query, self.w) @ memory.transpose(1, 2)
-        keys = F.linear(memory, self.w_memory)  # [B, S, A]
-        q = F.linear(query, self.w_query, self.b_query)  # [B, T, A]
-        return torch.tanh(keys.unsqueeze(1) + q.unsqueeze(2)) @ self.v  # [B, T, S]
 
 
 class FusedDecoder(nn.Module):
@@ -259,13 +248,12 @@ class FusedDecoder(nn.Module):
     # ---------------------------------------------------------------------------------------------- math
 
     def _attend(self, query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Differentiable attention of query [B, T, H] -> (context [B, T, M], weights [B, T, S])."""
-        scores = self.attn.scores(query, memory)
-        if memory_lengths is not None:
-            pad = torch.arange(memory.shape[1], device=memory.device) >= memory_lengths.unsqueeze(1)  # [B, S]
-            scores = scores.masked_fill(pad.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        return weights @ memory, weights
+        """Attention of query [B, T, H] -> (context [B, T, M], weights [B, T, S]): the fused attention op
+        (differentiable context; the weights carry no gradient), or the reference on backend="reference"."""
+        backend = "reference" if self.backend == "reference" else "auto"
+        context, weights = fused_attention(query, memory, memory_lengths, self.attn.kind, self.attn.params(),
+                                           return_weights=True, backend=backend)
+        return context, weights
 
     def _step_composed(self, x: Tensor, state: DecoderState, memory: Tensor,
                        memory_lengths: Optional[Tensor]) -> tuple[Tensor, DecoderState, Tensor]:

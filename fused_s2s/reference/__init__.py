@@ -4,8 +4,8 @@ Readable per-step loops differentiated by ordinary autograd; no kernels, no fuse
 The stack function is `fused_s2s.reference.lstm.lstm`; the name `lstm` in this package stays the
 submodule (so `from fused_s2s.reference import lstm` gives the module, as ops/ expects).
 """
-from fused_s2s.reference import lstm
+from fused_s2s.reference import attention, lstm
 from fused_s2s.reference.lstm import lstm_cell, lstm_layer
 from fused_s2s.reference.decoder import decoder_step
 
-__all__ = ["lstm", "lstm_cell", "lstm_layer", "decoder_step"]
+__all__ = ["attention", "lstm", "lstm_cell", "lstm_layer", "decoder_step"]

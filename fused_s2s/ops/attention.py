@@ -1,0 +1,134 @@
+"""Fused attention ops: score, source-padding mask, softmax and context in one pass over the source.
+
+    fused_s2s::attention_fwd(query [B,T,D], keys [B,S,D], values [B,S,M], lengths?, v? [D], scale,
+                             return_weights) -> context [B,T,M], lse [B,T], weights [B,T,S] (or empty)
+    fused_s2s::attention_bwd(d_context, query, keys, values, lengths?, v?, scale, context, lse)
+                             -> d_query, d_keys, d_values, d_v
+(schemas: csrc/attention_ops.cpp; C++ CPU kernel: csrc/cpu/attention.cpp). Every kind of
+fused_s2s.reference.attention maps onto the one core: dot and scaled_dot score q·k·scale with keys = values
+= memory; general first projects the query (q w); additive scores v·tanh(q' + k) with q' = w_query q + b_query
+and keys = w_memory·memory, which a decoder computes once per source (`keys=`). T > 1 is the batched form
+(teacher forcing without input feeding); T = 1 is a decoder step. The backward recomputes probabilities from
+the saved log-sum-exp. The returned weights carry no gradient (use backend="reference" to differentiate them).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import fused_s2s._C  # noqa: F401  (registers the fused_s2s::attention_* C++ ops)
+from fused_s2s.reference import attention as _reference
+
+KINDS = _reference.KINDS
+BACKENDS = ("auto", "cpu", "reference")
+
+
+def _resolve(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r} (a Triton attention op "
+                         "is not built yet; on CUDA, 'auto' runs the reference)")
+    if backend == "auto":
+        return "cpu" if device.type == "cpu" else "reference"
+    if backend == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"attention backend 'cpu' needs CPU tensors, got tensors on {device}")
+    return backend
+
+
+def precompute_keys(memory: Tensor, kind: str, params: Optional[dict]) -> Tensor:
+    """What the core scores against: w_memory·memory for additive attention, memory itself otherwise."""
+    return F.linear(memory, params["w_memory"]) if kind == "additive" else memory
+
+
+def check_inputs(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], kind: str) -> None:
+    """Clear errors for an unknown kind, disagreeing sizes and out-of-range lengths."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if query.dim() not in (2, 3) or memory.dim() != 3:
+        raise ValueError(f"attention: expected query [B, T, D] or [B, D] and memory [B, S, M], got "
+                         f"{list(query.shape)} and {list(memory.shape)}")
+    if query.shape[0] != memory.shape[0]:
+        raise ValueError(f"attention: batch sizes disagree: query {query.shape[0]}, memory {memory.shape[0]}")
+    if kind in ("dot", "scaled_dot") and query.shape[-1] != memory.shape[-1]:
+        raise ValueError(f"attention {kind!r} needs query size == memory size, got {query.shape[-1]} and "
+                         f"{memory.shape[-1]}")
+    if memory_lengths is not None:
+        if memory_lengths.dim() != 1 or memory_lengths.shape[0] != memory.shape[0]:
+            raise ValueError(f"attention: memory_lengths must be [{memory.shape[0]}], got "
+                             f"{list(memory_lengths.shape)}")
+        if memory_lengths.device.type != "cpu" and memory_lengths.device != memory.device:
+            raise RuntimeError(f"attention: memory_lengths must be on the CPU or on memory's device "
+                               f"({memory.device}), got {memory_lengths.device}")
+        lo, hi = int(memory_lengths.min()), int(memory_lengths.max())
+        if lo < 1 or hi > memory.shape[1]:
+            raise ValueError(f"attention: every memory length must be in [1, {memory.shape[1]}], got values in "
+                             f"[{lo}, {hi}]")
+
+
+def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], kind: str,
+              params: Optional[dict] = None, return_weights: bool = False, keys: Optional[Tensor] = None,
+              backend: str = "auto") -> tuple[Tensor, Optional[Tensor]]:
+    """Equals fused_s2s.reference.attention.attention (same arguments); `keys` = precompute_keys(...)."""
+    check_inputs(query, memory, memory_lengths, kind)
+    if _resolve(backend, query.device) == "reference":
+        return _reference.attention(query, memory, memory_lengths, kind, params, return_weights)
+    single = query.dim() == 2
+    q = query.unsqueeze(1) if single else query
+    v, scale = None, 1.0
+    if kind == "general":
+        q = F.linear(q, params["w"])
+    elif kind == "scaled_dot":
+        scale = 1.0 / math.sqrt(memory.shape[-1])
+    elif kind == "additive":
+        q = F.linear(q, params["w_query"], params.get("b_query"))
+        v = params["v"]
+    if keys is None:
+        keys = precompute_keys(memory, kind, params)
+    context, _lse, weights = torch.ops.fused_s2s.attention_fwd(q, keys, memory, memory_lengths, v, scale,
+                                                               return_weights)
+    if single:
+        context, weights = context.squeeze(1), weights.squeeze(1) if return_weights else weights
+    return context, (weights if return_weights else None)
+
+
+@torch.library.register_fake("fused_s2s::attention_fwd")
+def _attention_fwd_fake(query, keys, values, lengths, v, scale, return_weights):
+    B, T, _ = query.shape
+    weights = query.new_empty(B, T, keys.shape[1]) if return_weights else query.new_empty(0)
+    return query.new_empty(B, T, values.shape[2]), query.new_empty(B, T), weights
+
+
+@torch.library.register_fake("fused_s2s::attention_bwd")
+def _attention_bwd_fake(d_context, query, keys, values, lengths, v, scale, context, lse):
+    d_v = query.new_empty(v.shape) if v is not None else query.new_empty(0)
+    return query.new_empty(query.shape), query.new_empty(keys.shape), query.new_empty(values.shape), d_v
+
+
+def _setup_context(ctx, inputs, output):
+    query, keys, values, lengths, v, scale, _return_weights = inputs
+    context, lse, weights = output
+    ctx.save_for_backward(query, keys, values, lengths, v, context, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse, weights)
+
+
+def _backward(ctx, d_context, _d_lse, _d_weights):
+    query, keys, values, lengths, v, context, lse = ctx.saved_tensors
+    d_query, d_keys, d_values, d_v = torch.ops.fused_s2s.attention_bwd(d_context, query, keys, values, lengths, v,
+                                                                       ctx.scale, context, lse)
+    return d_query, d_keys, d_values, None, (d_v if v is not None else None), None, None
+
+
+torch.library.register_autograd("fused_s2s::attention_fwd", _backward, setup_context=_setup_context)
+
+
+def _not_differentiable(ctx, *grads):
+    raise RuntimeError("fused_s2s::attention_bwd is not differentiable: double backward through the fused "
+                       "attention is not supported; use backend='reference' for it")
+
+
+torch.library.register_autograd("fused_s2s::attention_bwd", _not_differentiable,
+                                setup_context=lambda ctx, inputs, output: None)
