@@ -8,7 +8,7 @@ One step of a Luong-style attention LSTM decoder with optional input feeding:
     context = a · memory                                             [B, M]
     h̃       = tanh(w_out · [context; h_top] + b_out)                 [B, H]   (Luong combine)
 
-Score functions (attn_params):
+Score functions (attn_params; computed by fused_s2s.reference.attention):
     dot        h · m_s                               (M == H)
     scaled_dot h · m_s / sqrt(H)                     (M == H)
     general    (w h) · m_s,  w: [M, H]               (Luong "general")
@@ -18,45 +18,18 @@ Positions s >= memory_lengths[b] get weight exactly 0.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fused_s2s.reference.attention import attention
 from fused_s2s.reference.lstm import lstm_cell
 
-__all__ = ["decoder_step", "decoder", "attention_scores"]
+__all__ = ["decoder_step", "decoder"]
 
 CellWeights = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None"]
-
-
-def attention_scores(kind: str, params: dict, query: Tensor, memory: Tensor) -> Tensor:
-    """Unmasked scores [B, S] of query [B, H] against memory [B, S, M]."""
-    if kind == "dot":
-        return torch.einsum("bsm,bm->bs", memory, query)
-    if kind == "scaled_dot":
-        return torch.einsum("bsm,bm->bs", memory, query) / math.sqrt(query.shape[-1])
-    if kind == "general":
-        return torch.einsum("bsm,bm->bs", memory, F.linear(query, params["w"]))
-    if kind == "additive":
-        keys = F.linear(memory, params["w_memory"])  # [B, S, A]
-        q = F.linear(query, params["w_query"], params.get("b_query"))  # [B, A]
-        return torch.tanh(keys + q.unsqueeze(1)) @ params["v"]
-    raise ValueError(f"unknown attention kind {kind!r}; expected one of dot, scaled_dot, general, additive")
-
-
-def _attention(kind: str, params: dict, query: Tensor, memory: Tensor,
-               memory_lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-    scores = attention_scores(kind, params, query, memory)  # [B, S]
-    if memory_lengths is not None:
-        S = memory.shape[1]
-        pad = torch.arange(S, device=memory.device) >= memory_lengths.to(memory.device).unsqueeze(1)
-        scores = scores.masked_fill(pad, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    context = torch.einsum("bs,bsm->bm", weights, memory)
-    return context, weights
 
 
 def decoder_step(
@@ -95,7 +68,7 @@ def decoder_step(
         cs.append(c_l)
         inp = h_l
     h_top = hs[-1]
-    context, weights = _attention(attn_kind, attn_params, h_top, memory, memory_lengths)
+    context, weights = attention(h_top, memory, memory_lengths, attn_kind, attn_params, return_weights=True)
     out = torch.tanh(F.linear(torch.cat([context, h_top], dim=1), w_out, b_out))
     return out, torch.stack(hs), torch.stack(cs), weights
 
