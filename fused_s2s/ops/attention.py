@@ -10,6 +10,9 @@ fused_s2s.reference.attention maps onto the one core: dot and scaled_dot score q
 and keys = w_memory·memory, which a decoder computes once per source (`keys=`). T > 1 is the batched form
 (teacher forcing without input feeding); T = 1 is a decoder step. The backward recomputes probabilities from
 the saved log-sum-exp. The returned weights carry no gradient (use backend="reference" to differentiate them).
+Backends: "auto" (CPU tensors: "cpu"; CUDA: "triton", except additive scoring, which has no compiled Triton
+kernel yet and runs the reference), "cpu", "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1),
+"reference".
 """
 from __future__ import annotations
 
@@ -21,18 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fused_s2s._C  # noqa: F401  (registers the fused_s2s::attention_* C++ ops)
+from fused_s2s.ops.lstm import triton_unavailable_reason
 from fused_s2s.reference import attention as _reference
 
 KINDS = _reference.KINDS
-BACKENDS = ("auto", "cpu", "reference")
+BACKENDS = ("auto", "cpu", "triton", "reference")
 
 
 def _resolve(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r} (a Triton attention op "
-                         "is not built yet; on CUDA, 'auto' runs the reference)")
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "cpu" if device.type == "cpu" else "reference"
+        backend = "cpu" if device.type == "cpu" else "triton"
+    if backend == "triton":
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"attention backend 'triton' is unavailable: {reason}")
     if backend == "cpu" and device.type != "cpu":
         raise RuntimeError(f"attention backend 'cpu' needs CPU tensors, got tensors on {device}")
     return backend
@@ -73,7 +80,10 @@ def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], k
               backend: str = "auto") -> tuple[Tensor, Optional[Tensor]]:
     """Equals fused_s2s.reference.attention.attention (same arguments); `keys` = precompute_keys(...)."""
     check_inputs(query, memory, memory_lengths, kind)
-    if _resolve(backend, query.device) == "reference":
+    if backend == "auto" and kind == "additive" and query.device.type == "cuda":
+        backend = "reference"  # additive scoring has no compiled Triton kernel yet (fused_s2s/triton/attention.py)
+    backend = _resolve(backend, query.device)
+    if backend == "reference":
         return _reference.attention(query, memory, memory_lengths, kind, params, return_weights)
     single = query.dim() == 2
     q = query.unsqueeze(1) if single else query
@@ -87,13 +97,46 @@ def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], k
         v = params["v"]
     if keys is None:
         keys = precompute_keys(memory, kind, params)
-    context, _lse, weights = torch.ops.fused_s2s.attention_fwd(q, keys, memory, memory_lengths, v, scale,
-                                                               return_weights)
+    op = torch.ops.fused_s2s.attention_fwd if backend != "triton" else torch.ops.fused_s2s.triton_attention_fwd
+    context, _lse, weights = op(q, keys, memory, memory_lengths, v, scale, return_weights)
     if single:
         context, weights = context.squeeze(1), weights.squeeze(1) if return_weights else weights
     return context, (weights if return_weights else None)
 
 
+@torch.library.custom_op("fused_s2s::triton_attention_fwd", mutates_args=())
+def triton_attention_fwd(query: Tensor, keys: Tensor, values: Tensor, lengths: Optional[Tensor],
+                         v: Optional[Tensor], scale: float, return_weights: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The Triton kernels (fused_s2s/triton/attention.py); weights, when asked for, from torch ops."""
+    from fused_s2s.triton import attention as kernels  # lazy: imports triton
+
+    args = [t.contiguous() if t is not None else None for t in (query, keys, values)]
+    lens = lengths.to(device=query.device, dtype=torch.int64) if lengths is not None else None
+    vv = v.contiguous() if v is not None else None
+    context, lse = kernels.attention_fwd(*args, lens, vv, scale)
+    weights = query.new_empty(0)
+    if return_weights:
+        sc = (torch.tanh(query[:, :, None, :] + keys[:, None, :, :]) @ v if v is not None
+              else query @ keys.transpose(1, 2) * scale)
+        weights = torch.exp(sc - lse[..., None])
+        if lens is not None:
+            weights = weights.masked_fill(torch.arange(keys.shape[1], device=query.device) >= lens[:, None, None], 0)
+    return context, lse, weights
+
+
+@torch.library.custom_op("fused_s2s::triton_attention_bwd", mutates_args=())
+def triton_attention_bwd(d_context: Tensor, query: Tensor, keys: Tensor, values: Tensor, lengths: Optional[Tensor],
+                         v: Optional[Tensor], scale: float, context: Tensor, lse: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from fused_s2s.triton import attention as kernels  # lazy: imports triton
+
+    lens = lengths.to(device=query.device, dtype=torch.int64) if lengths is not None else None
+    return kernels.attention_bwd(d_context.contiguous(), query.contiguous(), keys.contiguous(), values.contiguous(),
+                                 lens, v.contiguous() if v is not None else None, scale, context.contiguous(),
+                                 lse.contiguous())
+
+
+@torch.library.register_fake("fused_s2s::triton_attention_fwd")
 @torch.library.register_fake("fused_s2s::attention_fwd")
 def _attention_fwd_fake(query, keys, values, lengths, v, scale, return_weights):
     B, T, _ = query.shape
@@ -101,6 +144,7 @@ def _attention_fwd_fake(query, keys, values, lengths, v, scale, return_weights):
     return query.new_empty(B, T, values.shape[2]), query.new_empty(B, T), weights
 
 
+@torch.library.register_fake("fused_s2s::triton_attention_bwd")
 @torch.library.register_fake("fused_s2s::attention_bwd")
 def _attention_bwd_fake(d_context, query, keys, values, lengths, v, scale, context, lse):
     d_v = query.new_empty(v.shape) if v is not None else query.new_empty(0)
@@ -115,20 +159,21 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse, weights)
 
 
-def _backward(ctx, d_context, _d_lse, _d_weights):
-    query, keys, values, lengths, v, context, lse = ctx.saved_tensors
-    d_query, d_keys, d_values, d_v = torch.ops.fused_s2s.attention_bwd(d_context, query, keys, values, lengths, v,
-                                                                       ctx.scale, context, lse)
-    return d_query, d_keys, d_values, None, (d_v if v is not None else None), None, None
-
-
-torch.library.register_autograd("fused_s2s::attention_fwd", _backward, setup_context=_setup_context)
+def _make_backward(bwd_op):
+    def backward(ctx, d_context, _d_lse, _d_weights):
+        query, keys, values, lengths, v, context, lse = ctx.saved_tensors
+        d_query, d_keys, d_values, d_v = bwd_op(d_context, query, keys, values, lengths, v, ctx.scale, context, lse)
+        return d_query, d_keys, d_values, None, (d_v if v is not None else None), None, None
+    return backward
 
 
 def _not_differentiable(ctx, *grads):
-    raise RuntimeError("fused_s2s::attention_bwd is not differentiable: double backward through the fused "
-                       "attention is not supported; use backend='reference' for it")
+    raise RuntimeError("the fused attention backward is not differentiable: double backward through it is not "
+                       "supported; use backend='reference' for it")
 
 
-torch.library.register_autograd("fused_s2s::attention_bwd", _not_differentiable,
-                                setup_context=lambda ctx, inputs, output: None)
+for _fwd, _bwd in (("attention_fwd", "attention_bwd"), ("triton_attention_fwd", "triton_attention_bwd")):
+    torch.library.register_autograd(f"fused_s2s::{_fwd}", _make_backward(getattr(torch.ops.fused_s2s, _bwd)),
+                                    setup_context=_setup_context)
+    torch.library.register_autograd(f"fused_s2s::{_bwd}", _not_differentiable,
+                                    setup_context=lambda ctx, inputs, output: None)
