@@ -46,8 +46,12 @@ CASES = [dict(B=3, T=4, S=7, Dq=6, M=6), dict(B=5, T=1, S=9, Dq=5, M=11), dict(B
 @pytest.mark.parametrize("case", CASES, ids=[case_id(**c) for c in CASES])
 @pytest.mark.parametrize("kind", KINDS)
 def test_fused_attention_matches_reference(kind, case, lengths):
-    query, memory, lens, params = make_case(kind, **case, lengths=lengths)
-    ctx, w = attention(query, memory, lens, kind, params, return_weights=True, backend="cpu")
+    assert_attention_matches_reference(kind, *make_case(kind, **case, lengths=lengths), backend="cpu")
+
+
+def assert_attention_matches_reference(kind, query, memory, lens, params, backend: str) -> None:
+    """Context, weights and the gradients of query, memory and every parameter equal the reference's."""
+    ctx, w = attention(query, memory, lens, kind, params, return_weights=True, backend=backend)
     ctx_r, w_r = reference(query, memory, lens, kind, params, return_weights=True)
     assert_close(ctx, ctx_r, "context")
     assert_close(w, w_r, "weights")

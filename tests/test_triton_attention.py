@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from fused_s2s.ops.attention import KINDS, attention
-from fused_s2s.reference.attention import attention as reference
-from tests.test_attention import make_case
-from tests.utils import assert_close, case_id
+from tests.test_attention import assert_attention_matches_reference, make_case
+from tests.utils import case_id
 
 pytestmark = pytest.mark.triton_interpret
 
@@ -32,15 +31,8 @@ CASES = [dict(B=3, T=20, S=19, Dq=6, M=6), dict(B=2, T=1, S=33, Dq=5, M=11), dic
 @pytest.mark.parametrize("case", CASES, ids=[case_id(**c) for c in CASES])
 @pytest.mark.parametrize("kind", RUNNABLE_KINDS)
 def test_triton_attention_matches_reference(kind, case, lengths):
-    query, memory, lens, params = on_device(*make_case(kind, **case, lengths=lengths))
-    ctx, w = attention(query, memory, lens, kind, params, return_weights=True, backend="triton")
-    ctx_r, w_r = reference(query, memory, lens, kind, params, return_weights=True)
-    assert_close(ctx, ctx_r, "context")
-    assert_close(w, w_r, "weights")
-    inputs = [query, memory] + list(params.values())
-    g = torch.randn_like(ctx_r)
-    for k, (a, e) in enumerate(zip(torch.autograd.grad(ctx, inputs, g), torch.autograd.grad(ctx_r, inputs, g))):
-        assert_close(a, e, f"grad of input {k}")
+    assert_attention_matches_reference(kind, *on_device(*make_case(kind, **case, lengths=lengths)),
+                                       backend="triton")
 
 
 @pytest.mark.parametrize("kind", RUNNABLE_KINDS)
