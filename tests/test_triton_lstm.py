@@ -218,11 +218,11 @@ def test_selection_rule_and_override(monkeypatch):
 
     monkeypatch.delenv("FUSED_S2S_TRITON_LSTM_KERNEL", raising=False)
     cfg = FWD_CONFIGS[1]
-    assert select_forward(B=64, H=128, P=128, T=100, config=cfg, sm_count=132) == "persistent"   # small W_hh
-    assert select_forward(B=64, H=1024, P=1024, T=100, config=cfg, sm_count=132) == "per_step"   # few programs
-    assert select_forward(B=2048, H=1024, P=1024, T=100, config=cfg, sm_count=132) == "persistent"  # batch fills
+    assert select_forward(B=64, H=128, P=128, config=cfg, sm_count=132) == "persistent"   # small W_hh
+    assert select_forward(B=64, H=1024, P=1024, config=cfg, sm_count=132) == "per_step"   # few programs
+    assert select_forward(B=2048, H=1024, P=1024, config=cfg, sm_count=132) == "persistent"  # batch fills
     monkeypatch.setenv("FUSED_S2S_TRITON_LSTM_KERNEL", "per_step")
-    assert select_forward(B=64, H=128, P=128, T=100, config=cfg, sm_count=132) == "per_step"
+    assert select_forward(B=64, H=128, P=128, config=cfg, sm_count=132) == "per_step"
     monkeypatch.setenv("FUSED_S2S_TRITON_LSTM_KERNEL", "bogus")
     with pytest.raises(ValueError, match="grid_persistent"):
-        select_forward(B=64, H=128, P=128, T=100, config=cfg, sm_count=132)
+        select_forward(B=64, H=128, P=128, config=cfg, sm_count=132)

@@ -86,8 +86,7 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     if backend == "triton":
         # fp16/bf16 run natively (fp32 accumulation and cell state inside the kernels)
         args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8])
-        y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.triton_lstm_layer_fwd(*args, save)
+        y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.triton_lstm_layer_fwd(*args, _needs_backward(args))
         return y, h_n, c_n
     if x.dtype in (torch.bfloat16, torch.float16):
         # The CPU kernel computes 16-bit inputs in fp32 (fp32 products and cell state, as the GPU kernels
@@ -98,9 +97,14 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     return _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
 
+def _needs_backward(args) -> bool:
+    """Whether autograd will call backward: only then must the forward save gates and cells."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8])
+
+
 def _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8]):
+    if _needs_backward(args):
         y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.lstm_layer_fwd(*args)
         return y, h_n, c_n
     # Nothing will call backward: the inference op saves nothing (no [T, B, 4H] buffer to allocate).

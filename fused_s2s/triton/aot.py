@@ -23,7 +23,6 @@ ARCHS = (80, 90)
 # What one SM offers a block: 64K 32-bit registers on both; 163 KB (sm_80) and 227 KB (sm_90) of shared memory.
 REGISTERS_PER_SM = 65536
 MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
-TORCH_TO_TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 @dataclass

@@ -71,7 +71,7 @@ FWD_CONFIGS = (Config(16, 32, 16, 8), Config(16, 32, 32, 8))
 BWD_CONFIGS = (Config(16, 32, 32, 8), Config(16, 64, 16, 8))
 
 
-def pick_config(configs: tuple[Config, ...], B: int, H: int) -> Config:
+def pick_config(configs: tuple[Config, ...], H: int) -> Config:
     """Rule: the first config for H ≤ 256 and under the interpreter; the second (longer K tiles, fewer loop
     trips) for larger layers."""
     if H <= 256 or INTERPRET:
@@ -83,7 +83,7 @@ def pick_config(configs: tuple[Config, ...], B: int, H: int) -> Config:
 FORWARD_KERNELS = ("persistent", "per_step", "grid_persistent")
 
 
-def select_forward(B: int, H: int, P: int, T: int, config: Config, sm_count: int) -> str:
+def select_forward(B: int, H: int, P: int, config: Config, sm_count: int) -> str:
     """"persistent" or "per_step" for a forward call; FUSED_S2S_TRITON_LSTM_KERNEL overrides it (and is the
     only way to get "grid_persistent").
 
@@ -403,8 +403,8 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     H = G // 4
     P = w_hh.shape[1]
     dtype, device = xp.dtype, xp.device
-    cfg = pick_config(FWD_CONFIGS, B, H)
-    kernel = kernel or select_forward(B, H, P, T, cfg, _sm_count(device))
+    cfg = pick_config(FWD_CONFIGS, H)
+    kernel = kernel or select_forward(B, H, P, cfg, _sm_count(device))
     hs = torch.empty(2, B, P, dtype=dtype, device=device)
     hs[0] = h0
     acc_t = acc_dtype(dtype)
@@ -451,7 +451,7 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
     H = G // 4
     P = w_hh.shape[1]
     dtype, device = dy.dtype, dy.device
-    cfg = pick_config(BWD_CONFIGS, B, H)
+    cfg = pick_config(BWD_CONFIGS, H)
     acc_t = acc_dtype(dtype)
     dhs = torch.empty(2, B, P, dtype=acc_t, device=device)
     dhs[0] = dh_n
@@ -471,9 +471,6 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
 
 # ---- ahead-of-time compile cases (fused_s2s/triton/aot.py) ----
 
-_TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
-
-
 def aot_cases() -> list:
     """Every shipped config × fp32/fp16/bf16 of both kernels, each in its plain and its heaviest variant
     (projection, lengths, reverse, saving for backward). The per-step and persistent forward kernels are one
@@ -482,7 +479,7 @@ def aot_cases() -> list:
 
     cases = []
     for dtype in ("fp32", "fp16", "bf16"):
-        dt, acc = f"*{_TRITON_DTYPE[dtype]}", "*fp32"
+        dt, acc = f"*{dtype}", "*fp32"  # triton's pointer type names match ours
         precision = "ieee" if dtype == "fp32" else "tf32"
         for variant, proj in (("plain", False), ("proj", True)):
             for cfg in FWD_CONFIGS:

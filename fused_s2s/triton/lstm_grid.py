@@ -128,7 +128,7 @@ def lstm_fwd_grid_kernel(
         tl.debug_barrier()
 
 
-def unavailable_reason(B: int, H: int, has_proj: bool, dtype: torch.dtype, device: torch.device) -> Optional[str]:
+def unavailable_reason(H: int, has_proj: bool, dtype: torch.dtype, device: torch.device) -> Optional[str]:
     """Why the grid-persistent kernel cannot take this call, or None."""
     if has_proj:
         return "it has no proj_size support"
@@ -150,7 +150,7 @@ def lstm_fwd_grid(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lengths: Opt
     """The same contract as fused_s2s.triton.lstm.lstm_fwd (no projection)."""
     T, B, G = xp.shape
     H = G // 4
-    reason = unavailable_reason(B, H, False, xp.dtype, xp.device)
+    reason = unavailable_reason(H, False, xp.dtype, xp.device)
     if reason is not None:
         raise RuntimeError(f"FUSED_S2S_TRITON_LSTM_KERNEL=grid_persistent cannot run: {reason}")
     dtype, device = xp.dtype, xp.device
