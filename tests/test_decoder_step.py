@@ -3,12 +3,17 @@
 the packed-weight cache after an in-place weight update; opcheck; bad input."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from fused_s2s.ops.decoder_step import attention_keys, decoder_step, prepare_decoder_weights
 from fused_s2s.reference.decoder import decoder_step as reference_step
-from tests.utils import assert_close, case_id
+from tests.utils import assert_close, case_id, tolerance
 
 KINDS = ("dot", "scaled_dot", "general", "additive")
 
@@ -19,14 +24,18 @@ def make_step_case(B=3, E=5, H=6, M=7, S=9, L=1, A=4, kind="general", feed=True,
     if kind in ("dot", "scaled_dot"):
         M = H
     r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    # Weights scaled by their fan-in so pre-activations and scores are O(1) at every size: saturated gates
+    # or a one-hot softmax would hide kernel errors and amplify rounding differences.
+    w = lambda rows, fan_in: r(rows, fan_in) * (2 / fan_in ** 0.5)  # noqa: E731
     lstm_weights = []
     for layer in range(L):
         in_l = (E + H if feed else E) if layer == 0 else H
-        lstm_weights.append((r(4 * H, in_l) * 0.5, r(4 * H, H) * 0.5, r(4 * H) if bias else None,
+        lstm_weights.append((w(4 * H, in_l), w(4 * H, H), r(4 * H) if bias else None,
                              r(4 * H) if bias and layer == 0 else None))
-    params = {"dot": {}, "scaled_dot": {}, "general": {"w": r(M, H)},
-              "additive": {"w_query": r(A, H), "b_query": r(A) if bias else None, "w_memory": r(A, M), "v": r(A)}}[kind]
-    weights = prepare_decoder_weights(lstm_weights, kind, params, r(H, M + H) * 0.5, r(H) if bias else None)
+    params = {"dot": {}, "scaled_dot": {}, "general": {"w": w(M, H) / M ** 0.5},
+              "additive": {"w_query": w(A, H), "b_query": r(A) if bias else None, "w_memory": w(A, M) / 2,
+                           "v": w(1, A)[0] / 2}}[kind]
+    weights = prepare_decoder_weights(lstm_weights, kind, params, w(H, M + H), r(H) if bias else None)
     if lengths == "none":
         lens = None
     elif lengths == "one":
@@ -40,14 +49,27 @@ def make_step_case(B=3, E=5, H=6, M=7, S=9, L=1, A=4, kind="general", feed=True,
     return (r(B, E), r(B, H) if feed else None, r(L, B, H), r(L, B, H), weights, r(B, S, M), lens)
 
 
+def _reference(x, feed, h, c, weights, memory, lens, to=None):
+    cast = (lambda t: t if t is None or to is None else t.to(to))  # noqa: E731
+    lstm = [tuple(cast(t) for t in w) for w in weights.lstm_weights]
+    params = {k: cast(v) for k, v in weights.attn_params.items()}
+    return reference_step(cast(x), cast(feed), cast(h), cast(c), lstm, weights.attn_kind, params,
+                          cast(weights.w_out), cast(weights.b_out), cast(memory), lens)
+
+
 def assert_step_matches_reference(case, backend, dtype=torch.float32, precomputed_keys=True):
+    """Outputs vs the reference. fp64: the reference in fp64. fp32: the reference run in fp64, with the fp32
+    tolerance floor or three times the fp32 reference's own error, whichever is larger (the error of a
+    wide fp32 GEMM depends on its summation order, which differs between kernels)."""
     x, feed, h, c, weights, memory, lens = case
     keys = attention_keys(weights.attn_kind, weights.attn_params, memory) if precomputed_keys else None
     got = decoder_step(x, feed, h, c, weights, memory, lens, keys=keys, backend=backend)
-    want = reference_step(x, feed, h, c, weights.lstm_weights, weights.attn_kind, weights.attn_params,
-                          weights.w_out, weights.b_out, memory, lens)
-    for name, a, e in zip(("out", "h_new", "c_new", "attn"), got, want):
-        assert_close(a, e, name)
+    exact = _reference(*case, to=torch.float64)
+    own = _reference(*case) if dtype == torch.float32 else exact
+    rtol, atol = tolerance(dtype)
+    for name, a, e64, e in zip(("out", "h_new", "c_new", "attn"), got, exact, own):
+        own_err = float((e.double() - e64).abs().max()) if e.numel() else 0.0
+        assert_close(a.double(), e64, name, rtol=rtol, atol=max(atol, 3 * own_err))
     if lens is not None:  # padding gets exactly zero weight
         pad = torch.arange(memory.shape[1], device=memory.device) >= lens.unsqueeze(1)
         assert (got[3][pad] == 0).all()
@@ -66,12 +88,29 @@ def test_cpu_matches_reference(kind, L, feed, lengths):
     dict(B=1, E=3, H=5, M=11, S=1, L=1, A=3, bias=False),
     dict(B=17, E=13, H=33, M=19, S=23, L=2, A=7, bias=True),
     dict(B=64, E=16, H=40, M=24, S=50, L=1, A=16, bias=True),
+    # weights large enough for the kernels of a real step (csrc/cpu/decoder_step.cpp, step_linear):
+    # B4 the multi-threaded rowwise GEMV (row and column tails), B9 oneDNN's packed GEMM for layer 0 and
+    # the attention rows split over threads (S 200)
+    dict(B=4, E=200, H=157, M=160, S=37, L=1, A=64, bias=True),
+    dict(B=9, E=200, H=157, M=160, S=200, L=2, A=64, bias=True),
 ], ids=lambda c: case_id(**c))
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_cpu_odd_sizes(case, kind, dtype):
     with torch.no_grad():
         assert_step_matches_reference(make_step_case(**case, kind=kind, dtype=dtype), "cpu", dtype)
+
+
+@pytest.mark.parametrize("env", [{"ATEN_CPU_CAPABILITY": "default"}, {"ATEN_CPU_CAPABILITY": "avx2"},
+                                 {"OMP_NUM_THREADS": "1"}], ids=["capability-default", "capability-avx2", "one-thread"])
+def test_every_kernel_build_matches_reference(env):
+    """The step's vectorised kernels are compiled per CPU capability: run the comparisons above on the other
+    builds (and on one thread) in a fresh process, where the environment variable takes effect."""
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "test_cpu_odd_sizes or test_cpu_matches_reference"], env=dict(os.environ, **env),
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert " passed" in res.stdout and "failed" not in res.stdout
 
 
 def test_keys_computed_when_not_given():
@@ -117,8 +156,14 @@ def test_requires_grad_is_refused():
     h.requires_grad_(True)
     with pytest.raises(RuntimeError, match="inference only"):
         decoder_step(x, feed, h, c, weights, memory, lens)
+    keys = attention_keys("general", weights.attn_params, memory)
+    args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "dot", keys.keys, 1.0, None, None, None, memory,
+            lens, weights.w_out, weights.b_out)
+    with pytest.raises(RuntimeError, match="inference only"):  # the op itself, called directly
+        torch.ops.fused_s2s.decoder_step(*args)
     with torch.no_grad():
         decoder_step(x, feed, h, c, weights, memory, lens)  # fine without grad mode
+        torch.ops.fused_s2s.decoder_step(*args)
 
 
 @pytest.mark.parametrize("bad, match", [

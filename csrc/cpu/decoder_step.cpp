@@ -1,79 +1,19 @@
 // The fused decoder step on CPU: every sub-step in C++, no Python in between. The GEMMs (one per layer
 // over [input; h] against the pre-concatenated [w_ih | w_hh], and the combine) go through oneDNN
-// (gemm.h); the cell pointwise pass, the masked softmax and the additive score are plain loops here.
+// (gemm.h) with weights packed once; the cell (lstm_kernels.h) and the attention (decoder_kernels.h) are
+// vectorised kernels compiled per CPU capability.
 #include "decoder_step.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <mutex>
 #include <vector>
 
+#include "decoder_kernels.h"
 #include "gemm.h"
+#include "lstm_kernels.h"
 
 namespace fused_s2s::cpu {
 namespace {
-
-template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
-
-// gates [B, 4H] (i, f, g, o, biases already added), c [B, H] (row stride c_stride) -> h_out, c_out [B, H]
-template <typename T>
-void cell_pointwise(const T* gates, const T* c, T* h_out, T* c_out, int64_t B, int64_t H) {
-  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T* g = gates + b * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        T i = sigmoid(g[j]), f = sigmoid(g[H + j]), gg = std::tanh(g[2 * H + j]), o = sigmoid(g[3 * H + j]);
-        T cn = f * c[b * H + j] + i * gg;
-        c_out[b * H + j] = cn;
-        h_out[b * H + j] = o * std::tanh(cn);
-      }
-    }
-  });
-}
-
-// scores [B, S] in place -> softmax over the first len_b entries, exact zeros after.
-template <typename T>
-void masked_softmax(T* scores, const int64_t* lengths, int64_t B, int64_t S) {
-  at::parallel_for(0, B, std::max<int64_t>(16, 16384 / std::max<int64_t>(S, 1)), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      T* row = scores + b * S;
-      int64_t n = lengths ? lengths[b] : S;
-      T mx = -std::numeric_limits<T>::infinity();
-      for (int64_t s = 0; s < n; ++s) mx = std::max(mx, row[s]);
-      T sum = 0;
-      for (int64_t s = 0; s < n; ++s) {
-        row[s] = std::exp(row[s] - mx);
-        sum += row[s];
-      }
-      T inv = T(1) / sum;
-      for (int64_t s = 0; s < n; ++s) row[s] *= inv;
-      for (int64_t s = n; s < S; ++s) row[s] = 0;
-    }
-  });
-}
-
-// scores[b, s] = v · tanh(keys[b, s] + q[b]) for s < len_b; keys [B, S, A], q [B, A], v [A]
-template <typename T>
-void additive_scores(const T* keys, const T* q, const T* v, const int64_t* lengths, T* scores, int64_t B,
-                     int64_t S, int64_t A) {
-  at::parallel_for(0, B * S, std::max<int64_t>(8, 16384 / std::max<int64_t>(A, 1)), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      int64_t b = i / S, s = i % S;
-      if (lengths && s >= lengths[b]) continue;  // masked anyway
-      const T* k = keys + i * A;
-      const T* qb = q + b * A;
-      T acc = 0;
-      for (int64_t a = 0; a < A; ++a) acc += v[a] * std::tanh(k[a] + qb[a]);
-      scores[i] = acc;
-    }
-  });
-}
 
 // w in oneDNN's blocked layout for `rows`-row inputs, packed once and then reused: a decoder calls the step
 // with the same weights every step, and unpacked weights get reordered by oneDNN on every call (at H512 that
@@ -105,14 +45,30 @@ at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
   return packed;
 }
 
-// One step's GEMM. At B = 1 it is a matrix-vector product, bandwidth bound: ATen's (MKL) gemv reads the
-// plain weight as fast as oneDNN reads the packed one (~220 us for [2048, 1536] fp32, one thread), and it
-// does not fork an OpenMP team, whose barrier costs milliseconds when the other core is busy (measured
-// 2026-11-23 with both cores loaded: gemv 250 us, oneDNN packed 12 ms). Above B = 1 the packed oneDNN
-// GEMM wins (B8: ~550 us packed vs ~1.1 ms MKL, one thread).
+// One step's GEMM. Up to kMaxRowwiseBatch rows it is bound by reading w, and rowwise_linear streams the
+// plain weight over both cores; above that oneDNN's GEMM with the weight packed for this batch size once
+// (packed_weight), except for small weights, where a oneDNN call's ~15 us overhead costs more than the
+// GEMM. Measured 2026-11-23, fp32, two threads, weights hot in L3 (us, at::linear / oneDNN packed):
+//   [64, 48]      B8 4.7 / 14.0
+//   [512, 512]    B8 70 / 51
+//   [2048, 1536]  B1 212 / 103    B8 694 / 242
+// and a whole H512 B1 step: 165 us with rowwise_linear, 245 us with oneDNN.
 at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  if (x.size(0) == 1) return at::linear(x, w, bias);
-  return fast_linear(x, packed_weight(w, x.size(0)), bias);
+  const int64_t B = x.size(0);
+  if (B <= kMaxRowwiseBatch) {
+    at::Tensor xc = x.contiguous(), wc = w.contiguous();
+    std::optional<at::Tensor> bc = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+    at::Tensor out = at::empty({B, w.size(0)}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "decoder_step_rowwise_linear", [&] {
+      rowwise_linear<scalar_t>({xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(),
+                                bc ? bc->data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), B, w.size(0),
+                                w.size(1)});
+    });
+    return out;
+  }
+  constexpr int64_t kMinOneDnnWeight = 1 << 18;
+  if (w.numel() < kMinOneDnnWeight) return at::linear(x, w, bias);
+  return fast_linear(x, packed_weight(w, B), bias);
 }
 
 void check_2d(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
@@ -213,34 +169,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
       TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "decoder_step: expected layer ", l,
                   " bias of size [", 4 * H, "], got ", bias->sizes());
     }
-    at::Tensor gates = step_linear(at::cat({inp, h[l]}, 1), w, bias);  // [B, 4H]
-    at::Tensor c_l = c[l].contiguous();
+    at::Tensor gates = step_linear(at::cat({inp, h[l]}, 1), w, bias).contiguous();  // [B, 4H]
+    c_new[l].copy_(c[l]);  // the cell kernel updates c in place
     AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_cell", [&] {
-      cell_pointwise<scalar_t>(gates.data_ptr<scalar_t>(), c_l.data_ptr<scalar_t>(), h_new[l].data_ptr<scalar_t>(),
-                               c_new[l].data_ptr<scalar_t>(), B, H);
+      scalar_t* c_state = c_new[l].data_ptr<scalar_t>();
+      fwd_pointwise<scalar_t>({gates.data_ptr<scalar_t>(), /*rec=*/nullptr, c_state, /*c_saved=*/c_state,
+                               h_new[l].data_ptr<scalar_t>(), /*y=*/nullptr, /*active=*/nullptr, B, H});
     });
     inp = h_new[l];
   }
   at::Tensor top = h_new[L - 1];  // [B, H]
-  // ---- attention ----
-  at::Tensor attn;
-  const int64_t* lp = lengths ? len.data_ptr<int64_t>() : nullptr;
-  if (additive) {
-    at::Tensor q = fast_linear(top, w_query->contiguous(), b_query);  // [B, A]
-    at::Tensor k = keys.contiguous(), vv = v->contiguous();
-    attn = at::empty({B, S}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_additive", [&] {
-      additive_scores<scalar_t>(k.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), vv.data_ptr<scalar_t>(), lp,
-                                attn.data_ptr<scalar_t>(), B, S, keys.size(2));
-    });
-  } else {
-    attn = at::bmm(keys, top.unsqueeze(2)).squeeze(2);  // [B, S]
-    if (scale != 1.0) attn.mul_(scale);
-    attn = attn.contiguous();
-  }
-  AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_softmax",
-                             [&] { masked_softmax<scalar_t>(attn.data_ptr<scalar_t>(), lp, B, S); });
-  at::Tensor context = at::bmm(attn.unsqueeze(1), memory).squeeze(1);  // [B, M]
+  // ---- attention: scores, masked softmax and context in one pass per row ----
+  at::Tensor query = additive ? step_linear(top, w_query->contiguous(), b_query) : top;  // [B, K]
+  at::Tensor k = keys.contiguous(), mem = memory.contiguous();
+  at::Tensor vv = additive ? v->contiguous() : at::Tensor();
+  at::Tensor attn = at::empty({B, S}, x.options());
+  at::Tensor context = at::empty({B, M}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_attention", [&] {
+    decoder_attention<scalar_t>({query.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), mem.data_ptr<scalar_t>(),
+                                 lengths ? len.data_ptr<int64_t>() : nullptr,
+                                 additive ? vv.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
+                                 attn.data_ptr<scalar_t>(), context.data_ptr<scalar_t>(), B, S, keys.size(2), M});
+  });
   // ---- combine: h̃ = tanh(w_out · [context; h_top] + b_out) ----
   at::Tensor out = step_linear(at::cat({context, top}, 1), w_out, b_out);
   out.tanh_();

@@ -1,34 +1,9 @@
 // Picks the capability build of the per-step kernels (lstm_kernels.cpp) that matches this CPU, following
 // ATen's choice (at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY=default|avx2|avx512).
-#include <ATen/Version.h>
-
-#include <string>
-
+#include "capability.h"
 #include "lstm_kernels.h"
 
 namespace fused_s2s::cpu {
-namespace {
-
-enum class Capability { kDefault, kAvx2, kAvx512 };
-
-Capability capability() {
-  static const Capability cap = [] {
-    const std::string name = at::get_cpu_capability();
-    if (name == "AVX512") return Capability::kAvx512;
-    if (name == "AVX2") return Capability::kAvx2;
-    return Capability::kDefault;
-  }();
-  return cap;
-}
-
-}  // namespace
-
-#define FS2S_DISPATCH(FN, ARGS)                            \
-  switch (capability()) {                                  \
-    case Capability::kAvx512: return AVX512::FN(ARGS);     \
-    case Capability::kAvx2: return AVX2::FN(ARGS);         \
-    default: return DEFAULT::FN(ARGS);                     \
-  }
 
 template <typename scalar_t>
 void fwd_pointwise(const FwdPointwiseArgs<scalar_t>& a) { FS2S_DISPATCH(fwd_pointwise, a) }

@@ -47,15 +47,16 @@ void fwd_pointwise_impl(const FwdPointwiseArgs<scalar_t>& a) {
       return;
     }
     scalar_t* gi = a.gates + b * 4 * H;
-    const scalar_t* ri = a.rec + b * 4 * H;
+    const scalar_t* ri = a.rec != nullptr ? a.rec + b * 4 * H : nullptr;
     scalar_t* h_out = a.h_out + b * H;
     scalar_t* y = a.y != nullptr ? a.y + b * H : nullptr;
     for (int64_t j = j0; j < j1; j += Vec::size()) {
       const int n = static_cast<int>(std::min<int64_t>(Vec::size(), j1 - j));
-      const Vec ai = Vec::loadu(gi + j, n) + Vec::loadu(ri + j, n);
-      const Vec af = Vec::loadu(gi + H + j, n) + Vec::loadu(ri + H + j, n);
-      const Vec ag = Vec::loadu(gi + 2 * H + j, n) + Vec::loadu(ri + 2 * H + j, n);
-      const Vec ao = Vec::loadu(gi + 3 * H + j, n) + Vec::loadu(ri + 3 * H + j, n);
+      auto pre = [&](int64_t k) {  // pre-activation of gate k: gates (+ rec)
+        const Vec g = Vec::loadu(gi + k * H + j, n);
+        return ri != nullptr ? g + Vec::loadu(ri + k * H + j, n) : g;
+      };
+      const Vec ai = pre(0), af = pre(1), ag = pre(2), ao = pre(3);
       Vec i, f, g, o, c, h;
       lstm_cell_forward<Vec, VecMath<scalar_t>>(ai, af, ag, ao, Vec::loadu(c_state + j, n), i, f, g, o, c, h);
       i.store(gi + j, n);

@@ -10,7 +10,7 @@ namespace fused_s2s::cpu {
 template <typename scalar_t>
 struct FwdPointwiseArgs {
   scalar_t* gates;        // [B, 4H] in: x_t·W_ihᵀ + biases; out: activated i, f, g, o (saved for backward)
-  const scalar_t* rec;    // [B, 4H] h_{t-1}·W_hhᵀ
+  const scalar_t* rec;    // [B, 4H] h_{t-1}·W_hhᵀ, or nullptr when gates already hold it (decoder step)
   scalar_t* c_state;      // [B, H] in: c_{t-1}; out: c_t (rows that are inactive keep their value)
   scalar_t* c_saved;      // [B, H] out: c_state after this step (C[t], frozen rows included)
   scalar_t* h_out;        // [B, H] out: o*tanh(c_t) for active rows (inactive rows keep their value)
