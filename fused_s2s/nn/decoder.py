@@ -251,11 +251,10 @@ class FusedDecoder(nn.Module):
     # ---------------------------------------------------------------------------------------------- math
 
     def _attend(self, query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Attention of query [B, T, H] -> (context [B, T, M], weights [B, T, S]): the fused attention op
-        (differentiable context; the weights carry no gradient), or the reference on backend="reference"."""
-        backend = "reference" if self.backend == "reference" else "auto"
+        """Attention of query [B, T, H] -> (context [B, T, M], weights [B, T, S]): the fused attention op on
+        this decoder's backend (differentiable context; the weights carry no gradient)."""
         context, weights = fused_attention(query, memory, memory_lengths, self.attn.kind, self.attn.params(),
-                                           return_weights=True, backend=backend)
+                                           return_weights=True, backend=self.backend)
         return context, weights
 
     def _step_composed(self, x: Tensor, state: DecoderState, memory: Tensor,
