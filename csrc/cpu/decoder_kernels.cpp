@@ -138,6 +138,19 @@ void rowwise_block(const RowwiseLinearArgs<scalar_t>& a, int64_t n0) {
     }
 }
 
+// out[b, n0:n1] = tanh(out[b, n0:n1]) for every row b
+template <typename scalar_t>
+void tanh_columns(const RowwiseLinearArgs<scalar_t>& a, int64_t n0, int64_t n1) {
+  using Vec = Vectorized<scalar_t>;
+  for (int64_t b = 0; b < a.B; ++b) {
+    scalar_t* o = a.out + b * a.N;
+    for (int64_t n = n0; n < n1; n += Vec::size()) {
+      const int m = static_cast<int>(std::min<int64_t>(Vec::size(), n1 - n));
+      VecMath<scalar_t>::tanh(Vec::loadu(o + n, m)).store(o + n, m);
+    }
+  }
+}
+
 template <typename scalar_t, int NB>
 void rowwise_linear_nb(const RowwiseLinearArgs<scalar_t>& a) {
   constexpr int R = 4;
@@ -146,8 +159,10 @@ void rowwise_linear_nb(const RowwiseLinearArgs<scalar_t>& a) {
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (R * std::max<int64_t>(a.K, 1)));
   at::parallel_for(0, blocks, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) rowwise_block<scalar_t, NB, R>(a, i * R);
+    if (a.tanh_out) tanh_columns(a, i0 * R, i1 * R);  // while this thread's outputs are in its L1
   });
   for (int64_t n = blocks * R; n < a.N; ++n) rowwise_block<scalar_t, NB, 1>(a, n);
+  if (a.tanh_out) tanh_columns(a, blocks * R, a.N);
 }
 
 template <typename scalar_t>

@@ -37,6 +37,7 @@ struct RowwiseLinearArgs {
   const scalar_t* bias;  // [N] or nullptr
   scalar_t* out;         // [B, N]
   int64_t B, N, K;
+  bool tanh_out = false;  // out = tanh(x·wᵀ + bias) (the decoder's combine)
 };
 
 #define FS2S_DECLARE_DECODER_KERNELS(NS)                            \

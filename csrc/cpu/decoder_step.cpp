@@ -53,7 +53,9 @@ at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
 //   [512, 512]    B8 70 / 51
 //   [2048, 1536]  B1 212 / 103    B8 694 / 242
 // and a whole H512 B1 step: 165 us with rowwise_linear, 245 us with oneDNN.
-at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+// (with tanh_out: tanh of it, in the same pass on the rowwise path)
+at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                       bool tanh_out = false) {
   const int64_t B = x.size(0);
   if (B <= kMaxRowwiseBatch) {
     at::Tensor xc = x.contiguous(), wc = w.contiguous();
@@ -62,13 +64,13 @@ at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "decoder_step_rowwise_linear", [&] {
       rowwise_linear<scalar_t>({xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(),
                                 bc ? bc->data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), B, w.size(0),
-                                w.size(1)});
+                                w.size(1), tanh_out});
     });
     return out;
   }
   constexpr int64_t kMinOneDnnWeight = 1 << 18;
-  if (w.numel() < kMinOneDnnWeight) return at::linear(x, w, bias);
-  return fast_linear(x, packed_weight(w, B), bias);
+  at::Tensor out = w.numel() < kMinOneDnnWeight ? at::linear(x, w, bias) : fast_linear(x, packed_weight(w, B), bias);
+  return tanh_out ? out.tanh_() : out;
 }
 
 void check_2d(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
@@ -155,11 +157,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
   auto h_new = at::empty({L, B, H}, x.options());
   auto c_new = at::empty({L, B, H}, x.options());
   // ---- LSTM stack: one GEMM per layer over [input; h_l] against [w_ih | w_hh] ----
-  at::Tensor inp = feed ? at::cat({x, *feed}, 1) : x;
+  c_new.copy_(c);  // the cell kernel updates c in place
+  at::Tensor inp = x;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& w = w_cat[l];
     same(w, "w_cat");
-    const int64_t in = inp.size(1);
+    const int64_t in = inp.size(1) + (l == 0 && feed ? H : 0);
     TORCH_CHECK(w.dim() == 2 && w.size(0) == 4 * H && w.size(1) == in + H, "decoder_step: expected layer ", l,
                 " weight [w_ih | w_hh] of size [", 4 * H, ", ", in + H, "], got ", w.sizes(),
                 l == 0 ? " (input size E, plus H with input feeding)" : "");
@@ -169,12 +172,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
       TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "decoder_step: expected layer ", l,
                   " bias of size [", 4 * H, "], got ", bias->sizes());
     }
-    at::Tensor gates = step_linear(at::cat({inp, h[l]}, 1), w, bias).contiguous();  // [B, 4H]
-    c_new[l].copy_(c[l]);  // the cell kernel updates c in place
+    at::Tensor xh = l == 0 && feed ? at::cat({x, *feed, h[0]}, 1) : at::cat({inp, h[l]}, 1);  // [input; h_l]
+    at::Tensor gates = step_linear(xh, w, bias).contiguous();  // [B, 4H]
     AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_cell", [&] {
-      scalar_t* c_state = c_new[l].data_ptr<scalar_t>();
+      scalar_t* c_state = c_new.data_ptr<scalar_t>() + l * B * H;
       fwd_pointwise<scalar_t>({gates.data_ptr<scalar_t>(), /*rec=*/nullptr, c_state, /*c_saved=*/c_state,
-                               h_new[l].data_ptr<scalar_t>(), /*y=*/nullptr, /*active=*/nullptr, B, H});
+                               h_new.data_ptr<scalar_t>() + l * B * H, /*y=*/nullptr, /*active=*/nullptr, B, H});
     });
     inp = h_new[l];
   }
@@ -192,8 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
                                  attn.data_ptr<scalar_t>(), context.data_ptr<scalar_t>(), B, S, keys.size(2), M});
   });
   // ---- combine: h̃ = tanh(w_out · [context; h_top] + b_out) ----
-  at::Tensor out = step_linear(at::cat({context, top}, 1), w_out, b_out);
-  out.tanh_();
+  at::Tensor out = step_linear(at::cat({context, top}, 1), w_out, b_out, /*tanh_out=*/true);
   return {out, h_new, c_new, attn};
 }
 
