@@ -41,14 +41,21 @@ def test_forward_and_grads_match_reference_loop(kind, layers, feeding, use_lengt
     memory = torch.randn(B, S, H, dtype=dtype, requires_grad=True)
     lengths = torch.tensor([S, 1, 4]) if use_lengths else None
     state = random_state(dec, B, dtype)
+    assert_forward_and_grads_match(dec, x, memory, lengths, state)
+
+
+def assert_forward_and_grads_match(dec, x, memory, lengths, state):
+    """dec(...) vs the reference loop: outputs, attention (padding exactly 0), final state, and the gradients
+    of x, memory and every parameter under random output weights. Returns dec's (out, attn, final)."""
     out, attn, final = dec(x, memory, lengths, state, return_attention=True)
     r_out, r_attn, r_h, r_c = reference_loop(dec, x, memory, lengths, state)
     assert_close(out, r_out, "outputs")
     assert_close(attn, r_attn, "attention")
     assert_close(final.h, r_h, "h_n")
     assert_close(final.c, r_c, "c_n")
-    if use_lengths:
-        assert (attn[1, :, 1:] == 0).all(), "masked positions must get weight exactly 0"
+    if lengths is not None:
+        pad = torch.arange(memory.shape[1], device=memory.device) >= lengths[:, None]
+        assert (attn.masked_select(pad[:, None, :].expand_as(attn)) == 0).all(), "padding must get weight 0"
     grads_in = [x, memory, *dec.parameters()]
     g_out, g_h, g_c = torch.randn_like(out), torch.randn_like(final.h), torch.randn_like(final.c)
     ours = torch.autograd.grad((out * g_out).sum() + (final.h * g_h).sum() + (final.c * g_c).sum(), grads_in,
@@ -61,6 +68,7 @@ def test_forward_and_grads_match_reference_loop(kind, layers, feeding, use_lengt
             assert a is None or (a == 0).all(), name
             continue
         assert_close(a, b, f"grad {name}")
+    return out, attn, final
 
 
 @pytest.mark.parametrize("kind,layers,feeding,use_lengths", CASES,

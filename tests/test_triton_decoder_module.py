@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fused_s2s.nn.decoder import ATTENTION_KINDS
-from tests.test_decoder import E, H, S, T, make, random_state, reference_loop
+from tests.test_decoder import E, H, S, T, assert_forward_and_grads_match, make, random_state
 from tests.utils import assert_close, case_id
 
 pytestmark = pytest.mark.triton_interpret
@@ -26,22 +26,7 @@ def test_triton_decoder_forward_grads_and_step(kind, layers, feeding):
     lengths = torch.tensor([S, 1, 4], device=DEVICE)
     state = random_state(dec, B, torch.float32)
     state = type(state)(*(None if t is None else t.to(DEVICE) for t in (state.h, state.c, state.feed)))
-    out, attn, final = dec(x, memory, lengths, state, return_attention=True)
-    r_out, r_attn, r_h, r_c = reference_loop(dec, x, memory, lengths, state)
-    assert_close(out, r_out, "outputs")
-    assert_close(attn, r_attn, "attention")
-    assert_close(final.h, r_h, "h_n")
-    assert_close(final.c, r_c, "c_n")
-    assert (attn[1, :, 1:] == 0).all(), "masked positions must get weight exactly 0"
-    grads_in = [x, memory, *dec.parameters()]
-    g_out = torch.randn_like(out)
-    ours = torch.autograd.grad((out * g_out).sum() + final.c.sum(), grads_in, allow_unused=True)
-    theirs = torch.autograd.grad((r_out * g_out).sum() + r_c.sum(), grads_in, allow_unused=True)
-    for name, a, b in zip(["x", "memory"] + [n for n, _ in dec.named_parameters()], ours, theirs):
-        if b is None:
-            assert a is None or (a == 0).all(), name
-        else:
-            assert_close(a, b, f"grad {name}")
+    out, attn, final = assert_forward_and_grads_match(dec, x, memory, lengths, state)
     with torch.no_grad():  # step(): the Triton fused decoder step, one launch chain per step
         keys = dec.precompute_keys(memory)
         s, outs = state, []
