@@ -21,7 +21,7 @@ def make_params(kind: str, Dq: int, M: int, A: int, dtype=torch.float32) -> dict
     return {}
 
 
-def make_case(kind, B, T, S, Dq, M, lengths, dtype=torch.float32):
+def make_case(kind, B, T, S, Dq, M, lengths, dtype=torch.float32, A=5):
     if kind in ("dot", "scaled_dot"):
         Dq = M
     query = torch.randn(B, T, Dq, dtype=dtype, requires_grad=True) if T else torch.randn(B, Dq, dtype=dtype,
@@ -35,7 +35,7 @@ def make_case(kind, B, T, S, Dq, M, lengths, dtype=torch.float32):
         lens = torch.ones(B, dtype=torch.long)
     elif lengths == "each":  # 1..S across the batch
         lens = torch.arange(B) % S + 1
-    return query, memory, lens, make_params(kind, Dq, M, 5, dtype)
+    return query, memory, lens, make_params(kind, Dq, M, A, dtype)
 
 
 CASES = [dict(B=3, T=4, S=7, Dq=6, M=6), dict(B=5, T=1, S=9, Dq=5, M=11), dict(B=4, T=0, S=3, Dq=8, M=4),
@@ -121,3 +121,20 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match="dtype"):
         torch.ops.fused_s2s.attention_fwd(query.detach(), query.detach().double(), memory.detach()[:, :3], None,
                                           None, 1.0, False)
+
+
+def test_auto_on_cuda_uses_triton_only_for_feature_sizes_its_kernels_hold():
+    """The choice alone (no GPU needed): wider features go to torch ops instead of failing in the kernel."""
+    import importlib
+
+    ops = importlib.import_module("fused_s2s.ops.attention")
+    from fused_s2s.triton import limits
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert ops._resolve("auto", cuda, ops.triton_fits("general", 512, 512)) == "reference"
+    assert ops._resolve("auto", cuda, ops.triton_fits("additive", 300, 64)) == "reference"
+    assert ops._resolve("auto", cpu, ops.triton_fits("general", 512, 512)) == "cpu"
+    assert ops.triton_fits("dot", limits.ATTENTION_DOT_MAX_FEATURES, 0)
+    assert not ops.triton_fits("scaled_dot", limits.ATTENTION_DOT_MAX_FEATURES + 1, 0)
+    assert ops.triton_fits("additive", limits.ATTENTION_ADDITIVE_MAX_FEATURES, limits.ATTENTION_ADDITIVE_MAX_FEATURES)
+    assert not ops.triton_fits("additive", 16, limits.ATTENTION_ADDITIVE_MAX_FEATURES + 1)

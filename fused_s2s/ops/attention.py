@@ -10,9 +10,9 @@ fused_s2s.reference.attention maps onto the one core: dot and scaled_dot score q
 and keys = w_memory·memory, which a decoder computes once per source (`keys=`). T > 1 is the batched form
 (teacher forcing without input feeding); T = 1 is a decoder step. The backward recomputes probabilities from
 the saved log-sum-exp. The returned weights carry no gradient (use backend="reference" to differentiate them).
-Backends: "auto" (CPU tensors: "cpu"; CUDA: "triton", except additive scoring, which has no compiled Triton
-kernel yet and runs the reference), "cpu", "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1),
-"reference".
+Backends: "auto" (CPU tensors: "cpu"; CUDA: "triton" where its kernels hold the feature sizes, up to 128 for
+dot scores and 256 for additive, else "reference", i.e. torch ops), "cpu", "triton" (CUDA, or CPU tensors
+under TRITON_INTERPRET=1), "reference".
 """
 from __future__ import annotations
 
@@ -26,16 +26,25 @@ from torch import Tensor
 import fused_s2s._C  # noqa: F401  (registers the fused_s2s::attention_* C++ ops)
 from fused_s2s.ops.lstm import triton_unavailable_reason
 from fused_s2s.reference import attention as _reference
+from fused_s2s.triton.limits import ATTENTION_ADDITIVE_MAX_FEATURES, ATTENTION_DOT_MAX_FEATURES
 
 KINDS = _reference.KINDS
 BACKENDS = ("auto", "cpu", "triton", "reference")
 
 
-def _resolve(backend: str, device: torch.device) -> str:
+def triton_fits(kind: str, memory_size: int, score_size: int) -> bool:
+    """Whether the Triton kernels hold these feature sizes (score_size: the additive attention size A; for the
+    dot kinds the score runs over the memory size)."""
+    if kind == "additive":
+        return max(memory_size, score_size) <= ATTENTION_ADDITIVE_MAX_FEATURES
+    return memory_size <= ATTENTION_DOT_MAX_FEATURES
+
+
+def _resolve(backend: str, device: torch.device, fits_triton: bool = True) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = "cpu" if device.type == "cpu" else "triton"
+    if backend == "auto":  # on CUDA: Triton, or torch ops (the reference) for features the kernels don't hold
+        backend = "cpu" if device.type == "cpu" else ("triton" if fits_triton else "reference")
     if backend == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:
@@ -80,9 +89,8 @@ def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], k
               backend: str = "auto") -> tuple[Tensor, Optional[Tensor]]:
     """Equals fused_s2s.reference.attention.attention (same arguments); `keys` = precompute_keys(...)."""
     check_inputs(query, memory, memory_lengths, kind)
-    if backend == "auto" and kind == "additive" and query.device.type == "cuda":
-        backend = "reference"  # additive scoring has no compiled Triton kernel yet (fused_s2s/triton/attention.py)
-    backend = _resolve(backend, query.device)
+    score_size = params["v"].shape[0] if kind == "additive" else memory.shape[-1]
+    backend = _resolve(backend, query.device, triton_fits(kind, memory.shape[-1], score_size))
     if backend == "reference":
         return _reference.attention(query, memory, memory_lengths, kind, params, return_weights)
     single = query.dim() == 2

@@ -1,15 +1,15 @@
 """Triton fused attention (the GPU twin of csrc/cpu/attention.cpp; semantics in fused_s2s/ops/attention.py).
 
+Dot scoring (dot, general, scaled_dot), score = scale·q·k, with tl.dot on [BLOCK_T, BLOCK_S] tiles:
 - `attention_fwd_kernel`, grid (B, cdiv(T, BLOCK_T)): one pass over the source in BLOCK_S tiles with an online
   softmax (running max and sum), masked by the source length; writes the context and the log-sum-exp.
 - `attention_bwd_dq_kernel`, grid (B, cdiv(T, BLOCK_T)): recomputes the probabilities from the log-sum-exp;
-  d_query, and per-program partial sums of d_v (additive), summed by the launcher.
+  d_query.
 - `attention_bwd_dkv_kernel`, grid (B, cdiv(S, BLOCK_S)): loops over all queries for its source tile; d_keys
   and d_values. No atomics: every output element has one writer.
-Dot scoring (dot, general, scaled_dot) uses tl.dot. Additive scoring v·tanh(q + k), a [BLOCK_T, BLOCK_S, D]
-broadcast, is correct under the interpreter but spills when compiled, so it is not shipped: the op refuses it
-on CUDA (and only the interpreter tests run it). Feature sizes are held whole (D, M ≤ MAX_FEATURES, padded to
-a power of two). fp32 and fp64 (fp64 for gradcheck).
+Additive scoring has its own kernels (attention_additive.py); the launchers here pick them when v is given.
+Feature sizes are held whole (D, M ≤ MAX_FEATURES, padded to a power of two). fp32 and fp64 (fp64 for
+gradcheck).
 """
 from __future__ import annotations
 
@@ -21,30 +21,29 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fused_s2s.triton.cell_math import tanh
+from fused_s2s.triton import attention_additive as additive
+from fused_s2s.triton.limits import ATTENTION_DOT_MAX_FEATURES
 
 POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
-MAX_FEATURES = 128  # D and M; the backward kernels spilled at 256
+MAX_FEATURES = ATTENTION_DOT_MAX_FEATURES  # D and M
 BLOCK_T = 16
 BLOCK_S = 16
 NUM_WARPS = 8
 
 
 @triton.jit
-def _scores(q, k, va, scale, ADDITIVE: tl.constexpr):
-    """q [BT, D], k [BS, D] -> [BT, BS]: scale·q·kᵀ, or Σ_d va_d tanh(q_d + k_d)."""
-    if ADDITIVE:
-        return tl.sum(tanh(q[:, None, :] + k[None, :, :]) * va[None, None, :], axis=2)
+def _scores(q, k, scale):
+    """q [BT, D], k [BS, D] -> scale·q·kᵀ [BT, BS]."""
     return tl.dot(q, tl.trans(k), input_precision="ieee") * scale
 
 
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, LEN, VA,   # [B, T, D], [B, S, D], [B, S, M], [B] int64 (HAS_LEN), [D] (ADDITIVE)
+    Q, K, V, LEN,       # [B, T, D], [B, S, D], [B, S, M], [B] int64 (HAS_LEN)
     CTX, LSE,           # [B, T, M], [B, T]
     T, S, D, M, scale,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr,
-    HAS_LEN: tl.constexpr, ADDITIVE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     ts = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -52,7 +51,6 @@ def attention_fwd_kernel(
     ds = tl.arange(0, D_PAD)
     ms = tl.arange(0, M_PAD)
     q = tl.load(Q + (b * T + ts)[:, None] * D + ds[None, :], mask=t_ok[:, None] & (ds < D)[None, :], other=0.0)
-    va = tl.load(VA + ds, mask=ds < D, other=0.0) if ADDITIVE else tl.zeros([D_PAD], dtype=q.dtype)
     length = tl.load(LEN + b).to(tl.int32) if HAS_LEN else S
     ACC: tl.constexpr = CTX.dtype.element_ty
     run_max = tl.full([BLOCK_T], float("-inf"), ACC)
@@ -62,7 +60,7 @@ def attention_fwd_kernel(
         ss = s0 + tl.arange(0, BLOCK_S)
         s_ok = ss < length
         k = tl.load(K + (b * S + ss)[:, None] * D + ds[None, :], mask=s_ok[:, None] & (ds < D)[None, :], other=0.0)
-        sc = tl.where(s_ok[None, :], _scores(q, k, va, scale, ADDITIVE), float("-inf"))
+        sc = tl.where(s_ok[None, :], _scores(q, k, scale), float("-inf"))
         new_max = tl.maximum(run_max, tl.max(sc, axis=1))
         rescale = tl.exp(run_max - new_max)  # 0 at the first tile (run_max = -inf)
         p = tl.exp(sc - new_max[:, None])
@@ -76,18 +74,18 @@ def attention_fwd_kernel(
 
 
 @triton.jit
-def _probabilities(q, k, va, lse, s_ok, scale, ADDITIVE: tl.constexpr):
+def _probabilities(q, k, lse, s_ok, scale):
     """softmax probabilities [BT, BS] recomputed from the log-sum-exp; 0 at masked positions."""
-    return tl.where(s_ok[None, :], tl.exp(_scores(q, k, va, scale, ADDITIVE) - lse[:, None]), 0.0)
+    return tl.where(s_ok[None, :], tl.exp(_scores(q, k, scale) - lse[:, None]), 0.0)
 
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    DCTX, Q, K, V, LEN, VA, CTX, LSE,   # as the forward, plus d_context [B, T, M]
-    DQ, DVA_PART,                       # [B, T, D]; [B · cdiv(T, BLOCK_T), D] partial d_v (ADDITIVE)
+    DCTX, Q, K, V, LEN, CTX, LSE,   # as the forward, plus d_context [B, T, M]
+    DQ,                             # [B, T, D]
     T, S, D, M, scale,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr,
-    HAS_LEN: tl.constexpr, ADDITIVE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     ts = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -96,41 +94,31 @@ def attention_bwd_dq_kernel(
     ms = tl.arange(0, M_PAD)
     tm = t_ok[:, None] & (ms < M)[None, :]
     q = tl.load(Q + (b * T + ts)[:, None] * D + ds[None, :], mask=t_ok[:, None] & (ds < D)[None, :], other=0.0)
-    va = tl.load(VA + ds, mask=ds < D, other=0.0) if ADDITIVE else tl.zeros([D_PAD], dtype=q.dtype)
     dctx = tl.load(DCTX + (b * T + ts)[:, None] * M + ms[None, :], mask=tm, other=0.0)
     ctx = tl.load(CTX + (b * T + ts)[:, None] * M + ms[None, :], mask=tm, other=0.0)
     lse = tl.load(LSE + b * T + ts, mask=t_ok, other=0.0)
     delta = tl.sum(dctx * ctx, axis=1)  # Σ_s p_s (dctx · v_s)
     length = tl.load(LEN + b).to(tl.int32) if HAS_LEN else S
     dq = tl.zeros([BLOCK_T, D_PAD], dtype=DQ.dtype.element_ty)
-    dva = tl.zeros([D_PAD], dtype=DQ.dtype.element_ty)
     for s0 in range(0, length, BLOCK_S):
         ss = s0 + tl.arange(0, BLOCK_S)
         s_ok = ss < length
         k = tl.load(K + (b * S + ss)[:, None] * D + ds[None, :], mask=s_ok[:, None] & (ds < D)[None, :], other=0.0)
         vals = tl.load(V + (b * S + ss)[:, None] * M + ms[None, :], mask=s_ok[:, None] & (ms < M)[None, :], other=0.0)
-        p = tl.where(t_ok[:, None], _probabilities(q, k, va, lse, s_ok, scale, ADDITIVE), 0.0)
+        p = tl.where(t_ok[:, None], _probabilities(q, k, lse, s_ok, scale), 0.0)
         dp = tl.dot(dctx, tl.trans(vals), input_precision="ieee")
         dsc = p * (dp - delta[:, None])
-        if ADDITIVE:
-            u = tanh(q[:, None, :] + k[None, :, :])
-            dq += tl.sum(dsc[:, :, None] * va[None, None, :] * (1.0 - u * u), axis=1)
-            dva += tl.sum(tl.sum(dsc[:, :, None] * u, axis=0), axis=0)
-        else:
-            dq += tl.dot(dsc, k, input_precision="ieee") * scale
+        dq += tl.dot(dsc, k, input_precision="ieee") * scale
     tl.store(DQ + (b * T + ts)[:, None] * D + ds[None, :], dq, mask=t_ok[:, None] & (ds < D)[None, :])
-    if ADDITIVE:
-        part = b * tl.num_programs(1) + tl.program_id(1)
-        tl.store(DVA_PART + part * D + ds, dva, mask=ds < D)
 
 
 @triton.jit
 def attention_bwd_dkv_kernel(
-    DCTX, Q, K, V, LEN, VA, CTX, LSE,
-    DK, DV,                             # [B, S, D], [B, S, M]
+    DCTX, Q, K, V, LEN, CTX, LSE,
+    DK, DV,                         # [B, S, D], [B, S, M]
     T, S, D, M, scale,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr,
-    HAS_LEN: tl.constexpr, ADDITIVE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     ss = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -141,7 +129,6 @@ def attention_bwd_dkv_kernel(
     ms = tl.arange(0, M_PAD)
     k = tl.load(K + (b * S + ss)[:, None] * D + ds[None, :], mask=s_ok[:, None] & (ds < D)[None, :], other=0.0)
     vals = tl.load(V + (b * S + ss)[:, None] * M + ms[None, :], mask=s_ok[:, None] & (ms < M)[None, :], other=0.0)
-    va = tl.load(VA + ds, mask=ds < D, other=0.0) if ADDITIVE else tl.zeros([D_PAD], dtype=k.dtype)
     dk = tl.zeros([BLOCK_S, D_PAD], dtype=DK.dtype.element_ty)
     dv = tl.zeros([BLOCK_S, M_PAD], dtype=DV.dtype.element_ty)
     for t0 in range(0, T, BLOCK_T):
@@ -153,14 +140,10 @@ def attention_bwd_dkv_kernel(
         ctx = tl.load(CTX + (b * T + ts)[:, None] * M + ms[None, :], mask=tm, other=0.0)
         lse = tl.load(LSE + b * T + ts, mask=t_ok, other=0.0)
         delta = tl.sum(dctx * ctx, axis=1)
-        p = tl.where(t_ok[:, None], _probabilities(q, k, va, lse, s_ok, scale, ADDITIVE), 0.0)
+        p = tl.where(t_ok[:, None], _probabilities(q, k, lse, s_ok, scale), 0.0)
         dv += tl.dot(tl.trans(p), dctx, input_precision="ieee")
         dsc = p * (tl.dot(dctx, tl.trans(vals), input_precision="ieee") - delta[:, None])
-        if ADDITIVE:
-            u = tanh(q[:, None, :] + k[None, :, :])
-            dk += tl.sum(dsc[:, :, None] * va[None, None, :] * (1.0 - u * u), axis=0)
-        else:
-            dk += tl.dot(tl.trans(dsc), q, input_precision="ieee") * scale
+        dk += tl.dot(tl.trans(dsc), q, input_precision="ieee") * scale
     tl.store(DK + (b * S + ss)[:, None] * D + ds[None, :], dk, mask=s_in[:, None] & (ds < D)[None, :])
     tl.store(DV + (b * S + ss)[:, None] * M + ms[None, :], dv, mask=s_in[:, None] & (ms < M)[None, :])
 
@@ -179,58 +162,55 @@ def _empty(shape, like: Tensor) -> Tensor:
 
 def attention_fwd(q: Tensor, keys: Tensor, values: Tensor, lengths: Optional[Tensor], v: Optional[Tensor],
                   scale: float) -> tuple[Tensor, Tensor]:
-    """context [B, T, M], lse [B, T] (contiguous inputs on one device; lengths int64 there)."""
+    """context [B, T, M], lse [B, T] (contiguous inputs on one device; lengths int64 there); additive with v."""
+    if v is not None:
+        return additive.additive_fwd(q, keys, values, lengths, v, _empty)
     B, T, D = q.shape
     S, M = keys.shape[1], values.shape[2]
     d_pad, m_pad = _pads(D, M)
-    if v is not None and q.is_cuda:
-        raise RuntimeError("attention: additive scoring has no compiled Triton kernel yet (it spills); "
-                           "use backend='cpu' on CPU tensors or 'reference'")
     ctx, lse = _empty((B, T, M), q), _empty((B, T), q)
-    attention_fwd_kernel[(B, triton.cdiv(T, BLOCK_T))](
-        q, keys, values, lengths if lengths is not None else q, v if v is not None else q, ctx, lse, T, S, D, M,
-        scale, BLOCK_T=BLOCK_T, BLOCK_S=BLOCK_S, D_PAD=d_pad, M_PAD=m_pad, HAS_LEN=lengths is not None,
-        ADDITIVE=v is not None, num_warps=NUM_WARPS)
+    if B * T:
+        attention_fwd_kernel[(B, triton.cdiv(T, BLOCK_T))](
+            q, keys, values, lengths if lengths is not None else q, ctx, lse, T, S, D, M, scale, BLOCK_T=BLOCK_T,
+            BLOCK_S=BLOCK_S, D_PAD=d_pad, M_PAD=m_pad, HAS_LEN=lengths is not None, num_warps=NUM_WARPS)
     return ctx, lse
 
 
 def attention_bwd(d_ctx: Tensor, q: Tensor, keys: Tensor, values: Tensor, lengths: Optional[Tensor],
                   v: Optional[Tensor], scale: float, ctx: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """d_query, d_keys, d_values, d_v (empty without v)."""
+    if v is not None:
+        return additive.additive_bwd(d_ctx, q, keys, values, lengths, v, ctx, lse, _empty)
     B, T, D = q.shape
     S, M = keys.shape[1], values.shape[2]
     d_pad, m_pad = _pads(D, M)
     dq, dk, dvals = _empty(q.shape, q), _empty(keys.shape, q), _empty(values.shape, q)
-    n_t = triton.cdiv(T, BLOCK_T)
-    dva_part = _empty((B * n_t, D), q) if v is not None else q
     common = dict(BLOCK_T=BLOCK_T, BLOCK_S=BLOCK_S, D_PAD=d_pad, M_PAD=m_pad, HAS_LEN=lengths is not None,
-                  ADDITIVE=v is not None, num_warps=NUM_WARPS)
-    args = (d_ctx, q, keys, values, lengths if lengths is not None else q, v if v is not None else q, ctx, lse)
-    attention_bwd_dq_kernel[(B, n_t)](*args, dq, dva_part, T, S, D, M, scale, **common)
-    attention_bwd_dkv_kernel[(B, triton.cdiv(S, BLOCK_S))](*args, dk, dvals, T, S, D, M, scale, **common)
-    d_v = dva_part.sum(0) if v is not None else q.new_empty(0)
-    return dq, dk, dvals, d_v
+                  num_warps=NUM_WARPS)
+    args = (d_ctx, q, keys, values, lengths if lengths is not None else q, ctx, lse)
+    if B * T:
+        attention_bwd_dq_kernel[(B, triton.cdiv(T, BLOCK_T))](*args, dq, T, S, D, M, scale, **common)
+    if B * S:
+        attention_bwd_dkv_kernel[(B, triton.cdiv(S, BLOCK_S))](*args, dk, dvals, T, S, D, M, scale, **common)
+    return dq, dk, dvals, q.new_empty(0)
 
 
 def aot_cases() -> list:
-    """The three kernels × feature pads 64 and 128, fp32, dot scoring (the additive variant is not shipped:
-    its [BLOCK_T, BLOCK_S, D] broadcast spilled at every size tried; additive runs on the C++ kernel)."""
+    """The three dot kernels × feature pads 64 and 128, fp32 (the additive kernels list their own)."""
     from fused_s2s.triton.aot import AotCase
 
     cases = []
-    for additive in (False,):
-        for pad in (64, MAX_FEATURES):
-            consts = dict(BLOCK_T=BLOCK_T, BLOCK_S=BLOCK_S, D_PAD=pad, M_PAD=pad, HAS_LEN=True, ADDITIVE=additive)
-            ptrs = ["DCTX", "Q", "K", "V", "LEN", "VA", "CTX", "LSE"]
-            scalars = {"T": "i32", "S": "i32", "D": "i32", "M": "i32", "scale": "fp32"}
-            for kernel, name, sig in (
-                    (attention_fwd_kernel, "attention_fwd", ["Q", "K", "V", "LEN", "VA", "CTX", "LSE"]),
-                    (attention_bwd_dq_kernel, "attention_bwd_dq", ptrs + ["DQ", "DVA_PART"]),
-                    (attention_bwd_dkv_kernel, "attention_bwd_dkv", ptrs + ["DK", "DV"])):
-                signature = {p: ("*i64" if p == "LEN" else "*fp32") for p in sig}
-                signature.update(scalars)
-                signature.update({k: "constexpr" for k in consts})
-                cases.append(AotCase(kernel, f"{name}[{'additive' if additive else 'dot'}]",
-                                     f"BT{BLOCK_T}-BS{BLOCK_S}-F{pad}-w{NUM_WARPS}", "fp32", signature, consts,
-                                     NUM_WARPS, 1))
+    for pad in (64, MAX_FEATURES):
+        consts = dict(BLOCK_T=BLOCK_T, BLOCK_S=BLOCK_S, D_PAD=pad, M_PAD=pad, HAS_LEN=True)
+        ptrs = ["DCTX", "Q", "K", "V", "LEN", "CTX", "LSE"]
+        scalars = {"T": "i32", "S": "i32", "D": "i32", "M": "i32", "scale": "fp32"}
+        for kernel, name, sig in (
+                (attention_fwd_kernel, "attention_fwd[dot]", ["Q", "K", "V", "LEN", "CTX", "LSE"]),
+                (attention_bwd_dq_kernel, "attention_bwd_dq[dot]", ptrs + ["DQ"]),
+                (attention_bwd_dkv_kernel, "attention_bwd_dkv[dot]", ptrs + ["DK", "DV"])):
+            signature = {p: ("*i64" if p == "LEN" else "*fp32") for p in sig}
+            signature.update(scalars)
+            signature.update({k: "constexpr" for k in consts})
+            cases.append(AotCase(kernel, name, f"BT{BLOCK_T}-BS{BLOCK_S}-F{pad}-w{NUM_WARPS}", "fp32", signature,
+                                 consts, NUM_WARPS, 1))
     return cases
