@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.nn.bridge import Bridge, BRIDGES
 from fused_s2s.nn.lstm import FusedLSTM
 from fused_s2s.ops.attention import attention as fused_attention
@@ -182,12 +183,9 @@ class FusedDecoder(nn.Module):
                              f"shape ({batch},), got {tuple(memory_lengths.shape)}")
         if memory_lengths.dtype.is_floating_point or memory_lengths.dtype == torch.bool:
             raise ValueError(f"FusedDecoder: memory_lengths must be integers, got {memory_lengths.dtype}")
-        if batch:
-            lo, hi = (int(v) for v in torch.aminmax(memory_lengths))  # one reduction, one wait for the device
-            S = memory.shape[1]
-            if lo < 1 or hi > S:
-                raise ValueError(f"FusedDecoder: memory_lengths must be in [1, {S}] (the memory's length), got "
-                                 f"values in [{lo}, {hi}]")
+        S = memory.shape[1]
+        check_lengths_in_range(memory_lengths, S, lambda lo, hi: ValueError(
+            f"FusedDecoder: memory_lengths must be in [1, {S}] (the memory's length), got values in [{lo}, {hi}]"))
 
     def _check_input(self, x: Tensor, dim: int) -> None:
         if x.dim() != dim:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fused_s2s._C  # noqa: F401  (registers the fused_s2s::attention_* C++ ops)
+from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.ops.lstm import triton_unavailable_reason
 from fused_s2s.reference import attention as _reference
 from fused_s2s.triton.limits import ATTENTION_ADDITIVE_MAX_FEATURES, ATTENTION_DOT_MAX_FEATURES
@@ -78,10 +79,9 @@ def check_inputs(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor]
         if memory_lengths.device.type != "cpu" and memory_lengths.device != memory.device:
             raise RuntimeError(f"attention: memory_lengths must be on the CPU or on memory's device "
                                f"({memory.device}), got {memory_lengths.device}")
-        lo, hi = int(memory_lengths.min()), int(memory_lengths.max())
-        if lo < 1 or hi > memory.shape[1]:
-            raise ValueError(f"attention: every memory length must be in [1, {memory.shape[1]}], got values in "
-                             f"[{lo}, {hi}]")
+        S = memory.shape[1]
+        check_lengths_in_range(memory_lengths, S, lambda lo, hi: ValueError(
+            f"attention: every memory length must be in [1, {S}], got values in [{lo}, {hi}]"))
 
 
 def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], kind: str,

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.triton.cell_math import sigmoid, tanh
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -240,8 +241,9 @@ def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out) -> None:
         if lengths.dtype != torch.int64 or tuple(lengths.shape) != (B,):
             raise RuntimeError(f"decoder_step: expected memory_lengths of size [{B}] and type int64, got "
                                f"{list(lengths.shape)} {lengths.dtype}")
-        if B > 0 and (int(lengths.min()) < 1 or int(lengths.max()) > memory.shape[1]):
-            raise RuntimeError(f"decoder_step: every memory length must be in [1, {memory.shape[1]}]")
+        S = memory.shape[1]
+        check_lengths_in_range(lengths, S, lambda lo, hi: RuntimeError(
+            f"decoder_step: every memory length must be in [1, {S}], got values in [{lo}, {hi}]"))
 
 
 def aot_cases() -> list:
