@@ -43,6 +43,22 @@ def test_memory_lengths_out_of_range(dec, bad):
         dec.step(x[:, 0], dec.zero_state(3, x), memory, bad)
 
 
+def test_memory_lengths_checked_again_after_in_place_change_or_for_other_memory(dec):
+    """step() checks a lengths tensor once, then again only when it changed or the memory length did."""
+    x, memory = inputs()
+    lengths = torch.tensor([4, 1, 2])
+    with torch.no_grad():
+        dec.step(x[:, 0], dec.zero_state(3, x), memory, lengths)
+        dec.step(x[:, 1], dec.zero_state(3, x), memory, lengths)
+        lengths[1] = 0
+        with pytest.raises(ValueError, match=r"memory_lengths must be in \[1, 4\]"):
+            dec.step(x[:, 0], dec.zero_state(3, x), memory, lengths)
+        lengths[1] = 4
+        dec.step(x[:, 0], dec.zero_state(3, x), memory, lengths)
+        with pytest.raises(ValueError, match=r"memory_lengths must be in \[1, 3\]"):
+            dec.step(x[:, 0], dec.zero_state(3, x), memory[:, :3], lengths)
+
+
 def test_memory_lengths_wrong_device(dec):
     x, memory = inputs()
     with pytest.raises(RuntimeError, match="memory_lengths must be on cpu like memory, got meta"):

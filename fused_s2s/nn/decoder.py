@@ -138,6 +138,7 @@ class FusedDecoder(nn.Module):
                 raise ValueError("bridge='linear' needs encoder_hidden_size (the encoder's hidden_size)")
             self.bridge = Bridge(encoder_directions * encoder_hidden_size, hidden_size, **factory)
         self._prepared = None  # (parameter versions, DecoderStepWeights) cache for the fused step
+        self._checked_lengths = None  # (memory_lengths, its version, S) last found in range
 
     # ---------------------------------------------------------------------------------------------- weights
 
@@ -184,8 +185,13 @@ class FusedDecoder(nn.Module):
         if memory_lengths.dtype.is_floating_point or memory_lengths.dtype == torch.bool:
             raise ValueError(f"FusedDecoder: memory_lengths must be integers, got {memory_lengths.dtype}")
         S = memory.shape[1]
+        # A decoding loop passes the same lengths every step: check them once (the same tensor, unmodified).
+        last = self._checked_lengths
+        if last is not None and last[0] is memory_lengths and last[1:] == (memory_lengths._version, S):
+            return
         check_lengths_in_range(memory_lengths, S, lambda lo, hi: ValueError(
             f"FusedDecoder: memory_lengths must be in [1, {S}] (the memory's length), got values in [{lo}, {hi}]"))
+        self._checked_lengths = (memory_lengths, memory_lengths._version, S)
 
     def _check_input(self, x: Tensor, dim: int) -> None:
         if x.dim() != dim:
