@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fused_s2s.ops.decoder_step import decoder_step, prepare_decoder_weights
+from fused_s2s.ops.decoder_step import attention_keys, decoder_step, prepare_decoder_weights
 from tests.test_decoder_step import KINDS, assert_step_matches_reference, make_step_case
 from tests.utils import case_id
 
@@ -64,3 +64,12 @@ def test_triton_bad_input(bad, match):
         memory = memory[:2]
     with torch.no_grad(), pytest.raises(RuntimeError, match=match):
         decoder_step(x, feed, h, c, weights, memory, lens, backend="triton")
+
+
+def test_triton_step_opcheck():
+    x, feed, h, c, weights, memory, lens = _to_device(make_step_case(kind="additive", L=2))
+    keys = attention_keys("additive", weights.attn_params, memory)
+    p = weights.attn_params
+    args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "additive", keys.keys, 1.0, p["w_query"],
+            p["b_query"], p["v"], memory, lens, weights.w_out, weights.b_out)
+    torch.library.opcheck(torch.ops.fused_s2s.triton_decoder_step.default, args)

@@ -120,20 +120,43 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weight
     args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "additive" if additive else "dot", keys.keys,
             keys.scale, p["w_query"] if additive else None, p.get("b_query") if additive else None,
             p["v"] if additive else None, memory, memory_lengths, weights.w_out, weights.b_out)
-    if backend == "triton":
-        from fused_s2s.triton import decoder_step as _triton  # lazy: CPU use never imports triton
+    op = torch.ops.fused_s2s.triton_decoder_step if backend == "triton" else torch.ops.fused_s2s.decoder_step
+    return op(*args)
 
-        return _triton.decoder_step(*args)
-    return torch.ops.fused_s2s.decoder_step(*args)
+
+@torch.library.custom_op("fused_s2s::triton_decoder_step", mutates_args=())
+def triton_decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, w_cat: list[Tensor],
+                        b_cat: list[Optional[Tensor]], score: str, keys: Tensor, scale: float,
+                        w_query: Optional[Tensor], b_query: Optional[Tensor], v: Optional[Tensor], memory: Tensor,
+                        lengths: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor]
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Triton kernels' chain (fused_s2s/triton/decoder_step.py); the C++ op's schema and semantics."""
+    from fused_s2s.triton import decoder_step as _triton  # lazy: CPU use never imports triton
+
+    return _triton.decoder_step(x, feed, h, c, w_cat, b_cat, score, keys, scale, w_query, b_query, v, memory,
+                                lengths, w_out, b_out)
+
+
+def _step_fake(x, feed, h, c, w_cat, b_cat, score, keys, scale, w_query, b_query, v, memory, lengths, w_out, b_out):
+    L, B, H = h.shape
+    return x.new_empty(B, H), x.new_empty(L, B, H), x.new_empty(L, B, H), x.new_empty(B, memory.shape[1])
+
+
+torch.library.register_fake("fused_s2s::triton_decoder_step")(_step_fake)
+
+
+def _inference_only(ctx, *grads):
+    raise RuntimeError("fused_s2s::triton_decoder_step is inference only (no autograd formula); train through "
+                       "FusedDecoder.forward or backend='reference'")
+
+
+torch.library.register_autograd("fused_s2s::triton_decoder_step", _inference_only,
+                                setup_context=lambda ctx, inputs, output: None)
 
 
 if _C_ERROR is None:
 
-    @torch.library.register_fake("fused_s2s::decoder_step")
-    def _decoder_step_fake(x, feed, h, c, w_cat, b_cat, score, keys, scale, w_query, b_query, v, memory, lengths,
-                           w_out, b_out):
-        L, B, H = h.shape
-        return x.new_empty(B, H), x.new_empty(L, B, H), x.new_empty(L, B, H), x.new_empty(B, memory.shape[1])
+    torch.library.register_fake("fused_s2s::decoder_step")(_step_fake)
 
     # The autograd rule (inference only: raise when an input requires grad) is registered in C++
     # (csrc/decoder_step_ops.cpp): a Python one costs ~17 us per step.
