@@ -185,12 +185,16 @@ class FusedDecoder(nn.Module):
         if memory_lengths.dtype.is_floating_point or memory_lengths.dtype == torch.bool:
             raise ValueError(f"FusedDecoder: memory_lengths must be integers, got {memory_lengths.dtype}")
         S = memory.shape[1]
+        error = lambda lo, hi: ValueError(  # noqa: E731
+            f"FusedDecoder: memory_lengths must be in [1, {S}] (the memory's length), got values in [{lo}, {hi}]")
+        if torch.compiler.is_compiling():  # no version counters while tracing: the queued check every call
+            check_lengths_in_range(memory_lengths, S, error)
+            return
         # A decoding loop passes the same lengths every step: check them once (the same tensor, unmodified).
         last = self._checked_lengths
         if last is not None and last[0] is memory_lengths and last[1:] == (memory_lengths._version, S):
             return
-        check_lengths_in_range(memory_lengths, S, lambda lo, hi: ValueError(
-            f"FusedDecoder: memory_lengths must be in [1, {S}] (the memory's length), got values in [{lo}, {hi}]"))
+        check_lengths_in_range(memory_lengths, S, error)
         self._checked_lengths = (memory_lengths, memory_lengths._version, S)
 
     def _check_input(self, x: Tensor, dim: int) -> None:
