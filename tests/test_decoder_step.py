@@ -211,3 +211,15 @@ def test_lengths_on_other_device_is_refused():
 def test_unknown_attention_kind():
     with pytest.raises(ValueError, match="unknown attention kind 'luong'"):
         prepare_decoder_weights([], "luong", {}, torch.randn(2, 4), None)
+
+
+def test_auto_runs_dtypes_the_kernel_does_not_take_on_the_reference():
+    x, feed, h, c, weights, memory, lens = make_step_case(dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = decoder_step(x, feed, h, c, weights, memory, lens)
+        want = reference_step(x, feed, h, c, weights.lstm_weights, weights.attn_kind, weights.attn_params,
+                              weights.w_out, weights.b_out, memory, lens)
+        for a, e in zip(got, want):
+            assert a.dtype == torch.bfloat16 and torch.equal(a, e)
+        with pytest.raises(RuntimeError, match="supports float32 and float64"):
+            decoder_step(x, feed, h, c, weights, memory, lens, backend="cpu")

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fused_s2s.ops.lstm import _C_ERROR, resolve_backend
 from fused_s2s.reference import decoder as _reference
+from fused_s2s.triton.limits import DECODER_STEP_MAX_MEMORY
 
 __all__ = ["DecoderStepWeights", "prepare_decoder_weights", "AttentionKeys", "attention_keys", "decoder_step"]
 
@@ -94,6 +95,17 @@ def attention_keys(attn_kind: str, attn_params: dict, memory: Tensor) -> Attenti
     raise ValueError(f"unknown attention kind {attn_kind!r}; expected one of {ATTENTION_KINDS}")
 
 
+# What the fused kernels take: the C++ step float32/float64, the Triton step float32 with memory sizes up to
+# DECODER_STEP_MAX_MEMORY. backend="auto" runs anything else on the reference, so a half-precision or very
+# wide decoder still decodes.
+
+
+def _kernels_take(x: Tensor, memory: Tensor) -> bool:
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.float64)
+    return x.dtype == torch.float32 and memory.shape[-1] <= DECODER_STEP_MAX_MEMORY
+
+
 def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weights: DecoderStepWeights,
                  memory: Tensor, memory_lengths: Optional[Tensor] = None, keys: Optional[AttentionKeys] = None,
                  backend: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -101,8 +113,11 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weight
 
     x [B, E]; feed [B, H] or None (input feeding); h, c [L, B, H]; memory [B, S, M]; memory_lengths [B]
     integers in 1..S (on memory's device) or None. keys: from attention_keys(...) for this memory (computed
-    here when None, which costs a GEMM per call for general/additive attention).
+    here when None, which costs a GEMM per call for general/additive attention). backend "auto": the fused
+    kernels where they take the dtype and sizes (_kernels_take), else the reference.
     """
+    if backend == "auto" and not _kernels_take(x, memory):
+        backend = "reference"
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return _reference.decoder_step(x, feed, h, c, weights.lstm_weights, weights.attn_kind, weights.attn_params,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.triton.cell_math import sigmoid, tanh
+from fused_s2s.triton.limits import DECODER_STEP_MAX_MEMORY
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
@@ -221,9 +222,9 @@ def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out) -> None:
     if c.shape != h.shape or x.shape[0] != B or memory.shape[0] != B or keys.shape[:2] != memory.shape[:2]:
         raise RuntimeError(f"decoder_step: batch sizes disagree: x {list(x.shape)}, h {list(h.shape)}, c "
                            f"{list(c.shape)}, memory {list(memory.shape)}, keys {list(keys.shape)}")
-    if memory.shape[2] > 1024:
+    if memory.shape[2] > DECODER_STEP_MAX_MEMORY:
         raise RuntimeError(f"decoder_step: the Triton attention kernel holds the context in one block and is "
-                           f"built for memory sizes up to 1024, got {memory.shape[2]}")
+                           f"built for memory sizes up to {DECODER_STEP_MAX_MEMORY}, got {memory.shape[2]}")
     if feed is not None and tuple(feed.shape) != (B, H):
         raise RuntimeError(f"decoder_step: expected feed of size [{B}, {H}], got {list(feed.shape)}")
     in0 = x.shape[1] + (H if feed is not None else 0)
@@ -261,7 +262,7 @@ def aot_cases() -> list:
     sig.update({n: "i32" for n in ("B", "H", "M")}, **{k: "constexpr" for k in consts})
     cases.append(AotCase(decoder_combine_kernel, "decoder_combine", cfg, "fp32", sig, consts, nw, 1))
     for additive in (False, True):
-        for M in (512, 1024):  # BLOCK_M = next_power_of_2(M): memories up to 1024 wide
+        for M in (512, DECODER_STEP_MAX_MEMORY):  # BLOCK_M = next_power_of_2(M): the widest memory it takes
             BS, BM, nwa = attention_config(M)
             consts = dict(ADDITIVE=additive, HAS_LEN=True, BLOCK_S=BS, BLOCK_D=ATTN_BLOCK_D, BLOCK_M=BM)
             sig = {n: "*fp32" for n in ("Q", "KEYS", "V", "MEM")}

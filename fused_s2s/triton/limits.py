@@ -5,3 +5,5 @@ decide, before importing triton, whether backend="auto" can run a case on the Tr
 ATTENTION_DOT_MAX_FEATURES = 128
 # The additive kernels hold [BLOCK_T, D] and [BLOCK_T, M]; 256 compiles spill-free.
 ATTENTION_ADDITIVE_MAX_FEATURES = 256
+# The decoder step's attention holds one context row [M] in a block; configs compiled up to M = 1024.
+DECODER_STEP_MAX_MEMORY = 1024
