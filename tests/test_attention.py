@@ -138,3 +138,34 @@ def test_auto_on_cuda_uses_triton_only_for_feature_sizes_its_kernels_hold():
     assert not ops.triton_fits("scaled_dot", limits.ATTENTION_DOT_MAX_FEATURES + 1, 0)
     assert ops.triton_fits("additive", limits.ATTENTION_ADDITIVE_MAX_FEATURES, limits.ATTENTION_ADDITIVE_MAX_FEATURES)
     assert not ops.triton_fits("additive", 16, limits.ATTENTION_ADDITIVE_MAX_FEATURES + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_16bit_inputs_compute_in_fp32(kind, dtype):
+    """16-bit inputs run the fp32 kernel: the result is the fp32 reference's, rounded to the dtype."""
+    query, memory, lens, params = make_case(kind, B=3, T=4, S=6, Dq=5, M=5, lengths="random", dtype=dtype)
+    ctx, w = attention(query, memory, lens, kind, params, return_weights=True, backend="cpu")
+    up = lambda t: t.detach().float()  # noqa: E731
+    ctx_r, w_r = reference(up(query), up(memory), lens, kind, {k: up(p) for k, p in params.items()},
+                           return_weights=True)
+    assert ctx.dtype == dtype and w.dtype == dtype
+    assert_close(ctx, ctx_r.to(dtype), "context")
+    assert_close(w, w_r.to(dtype), "weights")
+    grads = torch.autograd.grad(ctx.float().sum(), [query, memory, *params.values()])
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+def test_decoder_in_bfloat16_forward_and_step():
+    from fused_s2s import FusedDecoder
+
+    dec = FusedDecoder(5, 6, 7, dtype=torch.bfloat16)
+    x, memory, lengths = torch.randn(2, 3, 5, dtype=torch.bfloat16), torch.randn(2, 4, 7, dtype=torch.bfloat16), \
+        torch.tensor([4, 2])
+    out, attn, _ = dec(x, memory, lengths, return_attention=True)
+    assert out.dtype == attn.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    out.float().sum().backward()
+    with torch.no_grad():
+        o, _, a = dec.step(x[:, 0], dec.zero_state(2, x), memory, lengths)
+    assert o.dtype == a.dtype == torch.bfloat16
+    assert_close(o, out[:, 0].detach(), "step vs forward")

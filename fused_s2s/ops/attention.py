@@ -106,7 +106,12 @@ def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], k
     if keys is None:
         keys = precompute_keys(memory, kind, params)
     op = torch.ops.fused_s2s.attention_fwd if backend != "triton" else torch.ops.fused_s2s.triton_attention_fwd
+    dtype = q.dtype
+    if dtype not in (torch.float32, torch.float64):  # 16-bit: the fp32 kernel, rounded back (as the LSTM op)
+        q, keys, memory = q.float(), keys.float(), memory.float()
+        v = v.float() if v is not None else None
     context, _lse, weights = op(q, keys, memory, memory_lengths, v, scale, return_weights)
+    context, weights = context.to(dtype), weights.to(dtype)
     if single:
         context, weights = context.squeeze(1), weights.squeeze(1) if return_weights else weights
     return context, (weights if return_weights else None)
