@@ -1,7 +1,8 @@
 // The fused decoder step on CPU: every sub-step in C++, no Python in between. The GEMMs (one per layer
-// over [input; h] against the pre-concatenated [w_ih | w_hh], and the combine) go through oneDNN
-// (gemm.h) with weights packed once; the cell (lstm_kernels.h) and the attention (decoder_kernels.h) are
-// vectorised kernels compiled per CPU capability.
+// over [input; h] against the pre-concatenated [w_ih | w_hh], and the combine) go through step_linear: a
+// matrix-vector kernel that streams the weight once for up to 4 rows, oneDNN with the weight packed once
+// above that. The cell (lstm_kernels.h), the attention and that kernel (decoder_kernels.h) are vectorised
+// and compiled per CPU capability.
 #include "decoder_step.h"
 
 #include <algorithm>
