@@ -10,7 +10,8 @@ import torch
 
 from fused_s2s.ops.decoder_step import attention_keys, decoder_step, prepare_decoder_weights
 from tests.test_decoder_step import KINDS, assert_step_matches_reference, make_step_case
-from tests.utils import case_id
+from fused_s2s.reference.decoder import decoder_step as reference_step
+from tests.utils import assert_close, case_id
 
 pytestmark = pytest.mark.triton_interpret
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,7 +50,7 @@ def test_triton_odd_sizes(case, kind):
 @pytest.mark.parametrize("bad, match", [
     ("lengths", r"every memory length must be in \[1, 9\]"),
     ("feed", r"expected feed of size \[3, 6\]"),
-    ("dtype", "support float32"),
+    ("dtype", "support float32, bfloat16 and float16"),
     ("batch", "batch sizes disagree"),
 ])
 def test_triton_bad_input(bad, match):
@@ -73,3 +74,21 @@ def test_triton_step_opcheck():
     args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "additive", keys.keys, 1.0, p["w_query"],
             p["b_query"], p["v"], memory, lens, weights.w_out, weights.b_out)
     torch.library.opcheck(torch.ops.fused_s2s.triton_decoder_step.default, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["general", "additive"])
+@pytest.mark.parametrize("L", [1, 2])
+def test_triton_16bit_step_computes_in_fp32(dtype, kind, L):
+    """16-bit tensors: the fp32 reference on the same values, rounded to the dtype (layer 2 reads layer 1's h
+    rounded to the dtype, as a 16-bit model does, so the bound is the dtype's tolerance)."""
+    x, feed, h, c, w, memory, lens = _to_device(make_step_case(kind=kind, L=L, dtype=dtype))
+    up = lambda t: None if t is None else t.float()  # noqa: E731
+    with torch.no_grad():
+        got = decoder_step(x, feed, h, c, w, memory, lens, backend="triton")
+        want = reference_step(up(x), up(feed), up(h), up(c), [tuple(up(t) for t in layer) for layer in w.lstm_weights],
+                              w.attn_kind, {k: up(p) for k, p in w.attn_params.items()}, up(w.w_out), up(w.b_out),
+                              up(memory), lens)
+    for name, a, e in zip(("out", "h_new", "c_new", "attn"), got, want):
+        assert a.dtype == dtype, name
+        assert_close(a, e.to(dtype), name)

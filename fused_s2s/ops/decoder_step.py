@@ -95,15 +95,15 @@ def attention_keys(attn_kind: str, attn_params: dict, memory: Tensor) -> Attenti
     raise ValueError(f"unknown attention kind {attn_kind!r}; expected one of {ATTENTION_KINDS}")
 
 
-# What the fused kernels take: the C++ step float32/float64, the Triton step float32 with memory sizes up to
-# DECODER_STEP_MAX_MEMORY. backend="auto" runs anything else on the reference, so a half-precision or very
-# wide decoder still decodes.
+# What the fused kernels take: the C++ step float32/float64, the Triton step float32/bfloat16/float16 with
+# memory sizes up to DECODER_STEP_MAX_MEMORY. backend="auto" runs anything else on the reference, so a CPU
+# bf16 decoder or a very wide one still decodes.
 
 
 def _kernels_take(x: Tensor, memory: Tensor) -> bool:
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.float64)
-    return x.dtype == torch.float32 and memory.shape[-1] <= DECODER_STEP_MAX_MEMORY
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16) and memory.shape[-1] <= DECODER_STEP_MAX_MEMORY
 
 
 def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weights: DecoderStepWeights,

@@ -8,7 +8,9 @@ short chain of kernels launched back to back (L + 2 launches, + one small GEMM f
                              scores are stored and normalised at the end (the attention weights)
     decoder_combine_kernel   h̃ = tanh([context; h_top] · w_outᵀ + b_out)
 
-fp32 only (IEEE fp32 dots), like the reference's test precision; inputs are made contiguous by the launcher.
+fp32, bf16 or fp16 tensors; every product and sum is fp32 (16-bit values are upcast as they are loaded, then
+IEEE fp32 dots), the raw scores and the context stay fp32 between kernels, and the outputs are rounded to the
+input dtype when stored. Inputs are made contiguous by the launcher.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from fused_s2s.triton.limits import DECODER_STEP_MAX_MEMORY
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
 
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) of the GEMM-like kernels.
 CELL_CONFIG = (16, 32, 32, 4)
 ATTN_BLOCK_D = 64
@@ -48,7 +51,7 @@ def _segment_dot(acc, A, K, W, ldw, col0, w_row0, offs_b, offs_n, mask_b, mask_n
         a = tl.load(A + offs_b[:, None] * K + kk[None, :], mask=mask_b[:, None] & (kk[None, :] < K), other=0.0)
         w = tl.load(W + (w_row0 + offs_n)[None, :] * ldw + (col0 + kk)[:, None],
                     mask=mask_n[None, :] & (kk[:, None] < K), other=0.0)  # [BK, BN]
-        acc += tl.dot(a, w, input_precision="ieee")
+        acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
     return acc
 
 
@@ -82,13 +85,13 @@ def decoder_cell_kernel(
     gg = _segment_dot(gg, HP, H, W, ldw, KX + KF, 2 * H, offs_b, offs_h, mask_b, mask_h, BLOCK_K)
     go = _segment_dot(go, HP, H, W, ldw, KX + KF, 3 * H, offs_b, offs_h, mask_b, mask_h, BLOCK_K)
     if HAS_BIAS:
-        gi += tl.load(BIAS + offs_h, mask=mask_h, other=0.0)[None, :]
-        gf += tl.load(BIAS + H + offs_h, mask=mask_h, other=0.0)[None, :]
-        gg += tl.load(BIAS + 2 * H + offs_h, mask=mask_h, other=0.0)[None, :]
-        go += tl.load(BIAS + 3 * H + offs_h, mask=mask_h, other=0.0)[None, :]
+        gi += tl.load(BIAS + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+        gf += tl.load(BIAS + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+        gg += tl.load(BIAS + 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+        go += tl.load(BIAS + 3 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     idx = offs_b[:, None] * H + offs_h[None, :]
     mask = mask_b[:, None] & mask_h[None, :]
-    c = tl.load(CP + idx, mask=mask, other=0.0)
+    c = tl.load(CP + idx, mask=mask, other=0.0).to(tl.float32)
     c_new = sigmoid(gf) * c + sigmoid(gi) * tanh(gg)
     tl.store(CN + idx, c_new, mask=mask)
     tl.store(HN + idx, sigmoid(go) * tanh(c_new), mask=mask)
@@ -122,10 +125,10 @@ def decoder_attention_kernel(
             dd = d0 + offs_d
             mask_d = dd < K
             k = tl.load(KEYS + (b * S + ss[:, None]) * K + dd[None, :], mask=mask_s[:, None] & mask_d[None, :],
-                        other=0.0)
-            q = tl.load(Q + b * K + dd, mask=mask_d, other=0.0)
+                        other=0.0).to(tl.float32)
+            q = tl.load(Q + b * K + dd, mask=mask_d, other=0.0).to(tl.float32)
             if ADDITIVE:
-                v = tl.load(V + dd, mask=mask_d, other=0.0)
+                v = tl.load(V + dd, mask=mask_d, other=0.0).to(tl.float32)
                 score += tl.sum(tanh(k + q[None, :]) * v[None, :], axis=1)
             else:
                 score += tl.sum(k * q[None, :], axis=1)
@@ -135,7 +138,7 @@ def decoder_attention_kernel(
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(score - m_new)  # exp(-inf) = 0 on masked positions
         mem = tl.load(MEM + (b * S + ss[:, None]) * M + offs_m[None, :], mask=mask_s[:, None] & mask_m[None, :],
-                      other=0.0)
+                      other=0.0).to(tl.float32)
         ctx = ctx * alpha + tl.sum(p[:, None] * mem, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
@@ -163,7 +166,7 @@ def decoder_combine_kernel(
     acc = _segment_dot(acc, CTX, M, W, M + H, 0, 0, offs_b, offs_h, mask_b, mask_h, BLOCK_K)
     acc = _segment_dot(acc, HT, H, W, M + H, M, 0, offs_b, offs_h, mask_b, mask_h, BLOCK_K)
     if HAS_BIAS:
-        acc += tl.load(BIAS + offs_h, mask=mask_h, other=0.0)[None, :]
+        acc += tl.load(BIAS + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + offs_b[:, None] * H + offs_h[None, :], tanh(acc), mask=mask_b[:, None] & mask_h[None, :])
 
 
@@ -196,7 +199,8 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, w_cat:
     top = h_new[L - 1]
     additive = score == "additive"
     q = torch.nn.functional.linear(top, w_query, b_query).contiguous() if additive else top
-    ctx, attn = _empty(B, M, like=x), _empty(B, S, like=x)
+    f32 = x.new_empty(0, dtype=torch.float32)
+    ctx, attn = _empty(B, M, like=f32), _empty(B, S, like=f32)  # fp32 whatever the dtype: raw scores live here
     BS, BM, nwa = attention_config(M)
     K = keys.shape[2]
     decoder_attention_kernel[(B,)](q, keys, v.contiguous() if additive else keys, memory,
@@ -206,14 +210,14 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, w_cat:
     out = _empty(B, H, like=x)
     decoder_combine_kernel[grid](ctx, top, w_out, b_out if b_out is not None else w_out, out, B, H, M,
                                  HAS_BIAS=b_out is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK, num_warps=nw)
-    return out, h_new, c_new, attn
+    return out, h_new, c_new, attn.to(x.dtype)
 
 
 def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out) -> None:
     """The C++ op's checks that matter for memory safety, in its words."""
     L, B, H = h.shape
-    if x.dtype != torch.float32:
-        raise RuntimeError(f"decoder_step: the Triton kernels support float32, got {x.dtype}")
+    if x.dtype not in DTYPES:
+        raise RuntimeError(f"decoder_step: the Triton kernels support float32, bfloat16 and float16, got {x.dtype}")
     for name, t in (("h", h), ("c", c), ("memory", memory), ("keys", keys), ("w_out", w_out)):
         if t.dtype != x.dtype:
             raise RuntimeError(f"decoder_step: {name} must have the type {x.dtype}, got type {t.dtype}")
@@ -248,26 +252,30 @@ def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out) -> None:
 
 
 def aot_cases() -> list:
-    """The three kernels in their heaviest variant (biases, input feeding, lengths), fp32, both score kinds."""
+    """The three kernels in their heaviest variant (biases, input feeding, lengths), fp32/bf16/fp16, both score
+    kinds; the context and the raw scores are fp32 in every dtype."""
     from fused_s2s.triton.aot import AotCase
 
     BB, BH, BK, nw = CELL_CONFIG
     cfg = f"BB{BB}-BH{BH}-BK{BK}-w{nw}"
     cases = []
-    consts = dict(HAS_BIAS=True, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK)
-    sig = {n: "*fp32" for n in ("X", "FEED", "HP", "CP", "W", "BIAS", "HN", "CN")}
-    sig.update({n: "i32" for n in ("B", "H", "KX", "KF")}, **{k: "constexpr" for k in consts})
-    cases.append(AotCase(decoder_cell_kernel, "decoder_cell", cfg, "fp32", sig, consts, nw, 1))
-    sig = {n: "*fp32" for n in ("CTX", "HT", "W", "BIAS", "OUT")}
-    sig.update({n: "i32" for n in ("B", "H", "M")}, **{k: "constexpr" for k in consts})
-    cases.append(AotCase(decoder_combine_kernel, "decoder_combine", cfg, "fp32", sig, consts, nw, 1))
-    for additive in (False, True):
-        for M in (512, DECODER_STEP_MAX_MEMORY):  # BLOCK_M = next_power_of_2(M): the widest memory it takes
-            BS, BM, nwa = attention_config(M)
-            consts = dict(ADDITIVE=additive, HAS_LEN=True, BLOCK_S=BS, BLOCK_D=ATTN_BLOCK_D, BLOCK_M=BM)
-            sig = {n: "*fp32" for n in ("Q", "KEYS", "V", "MEM")}
-            sig.update({"LEN": "*i64", "CTX": "*fp32", "ATTN": "*fp32", "S": "i32", "K": "i32", "M": "i32",
-                        "scale": "fp32"}, **{k: "constexpr" for k in consts})
-            cases.append(AotCase(decoder_attention_kernel, f"decoder_attention[{'additive' if additive else 'dot'}]",
-                                 f"BS{BS}-BD{ATTN_BLOCK_D}-BM{BM}-w{nwa}", "fp32", sig, consts, nwa, 1))
+    for dt in ("fp32", "bf16", "fp16"):
+        ptr = f"*{dt}"
+        consts = dict(HAS_BIAS=True, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK)
+        sig = {n: ptr for n in ("X", "FEED", "HP", "CP", "W", "BIAS", "HN", "CN")}
+        sig.update({n: "i32" for n in ("B", "H", "KX", "KF")}, **{k: "constexpr" for k in consts})
+        cases.append(AotCase(decoder_cell_kernel, "decoder_cell", cfg, dt, sig, consts, nw, 1))
+        sig = {"CTX": "*fp32", **{n: ptr for n in ("HT", "W", "BIAS", "OUT")}}
+        sig.update({n: "i32" for n in ("B", "H", "M")}, **{k: "constexpr" for k in consts})
+        cases.append(AotCase(decoder_combine_kernel, "decoder_combine", cfg, dt, sig, consts, nw, 1))
+        for additive in (False, True):
+            for M in (512, DECODER_STEP_MAX_MEMORY):  # BLOCK_M = next_power_of_2(M): the widest memory it takes
+                BS, BM, nwa = attention_config(M)
+                consts = dict(ADDITIVE=additive, HAS_LEN=True, BLOCK_S=BS, BLOCK_D=ATTN_BLOCK_D, BLOCK_M=BM)
+                sig = {n: ptr for n in ("Q", "KEYS", "V", "MEM")}
+                sig.update({"LEN": "*i64", "CTX": "*fp32", "ATTN": "*fp32", "S": "i32", "K": "i32", "M": "i32",
+                            "scale": "fp32"}, **{k: "constexpr" for k in consts})
+                cases.append(AotCase(decoder_attention_kernel,
+                                     f"decoder_attention[{'additive' if additive else 'dot'}]",
+                                     f"BS{BS}-BD{ATTN_BLOCK_D}-BM{BM}-w{nwa}", dt, sig, consts, nwa, 1))
     return cases
