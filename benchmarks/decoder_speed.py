@@ -4,7 +4,8 @@ One step = LSTMCell (input feeding: input is [embedding; previous h̃]) + Luong 
 source (masked softmax) + combine h̃ = tanh(W_c [context; h]). Both sides hold the same weights. The eager
 side is written plainly; the fused side is the public API, `FusedDecoder.step` (one fused op call per step),
 with the attention keys computed once per source (`precompute_keys`, outside the timed loop, as a decoder
-does), under torch.no_grad().
+does), under torch.no_grad(). On CPU tensors the fused step is the C++ op; on CUDA (`--device cuda`, and the
+report on a GPU) the Triton step, timed with CUDA events.
 
 Two measurements, both interleaved (eager and fused samples taken in turn, medians of the samples):
   * loop (the headline figure): a sample is a decoding loop of STEPS steps of one decoder, each step feeding
@@ -13,7 +14,7 @@ Two measurements, both interleaved (eager and fused samples taken in turn, media
   * alternating: single steps of the two decoders called in turn, so each evicts the other's weights from
     L3 and every step reads its weights from DRAM; the pessimistic bound, reported beside it.
 
-    python -m benchmarks.decoder_speed [--quick] [--json PATH]
+    python -m benchmarks.decoder_speed [--quick] [--json PATH] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -66,18 +67,21 @@ class EagerDecoderStep(nn.Module):
         return out, h, c, weights
 
 
-def _case(batch: int, backend: str, steps: int) -> dict[str, Callable]:
+def _case(batch: int, backend: str, steps: int, device: torch.device) -> dict[str, Callable]:
     """Callables for one batch size: eager/fused loops of `steps` steps, eager/fused single steps, and
     max_diff() = the largest |difference| of the two loops' final h̃ and attention weights."""
-    decoder = FusedDecoder(EMBED, HIDDEN, HIDDEN, attention="general", input_feeding=True, backend=backend).eval()
-    model = EagerDecoderStep.like(decoder)
-    xs = torch.randn(steps, batch, EMBED)
-    h0, c0 = torch.randn(batch, HIDDEN), torch.randn(batch, HIDDEN)
-    feed0 = torch.zeros(batch, HIDDEN)
-    memory = torch.randn(batch, SOURCE, HIDDEN)
+    decoder = FusedDecoder(EMBED, HIDDEN, HIDDEN, attention="general", input_feeding=True,
+                           backend=backend).to(device).eval()
+    model = EagerDecoderStep.like(decoder).to(device)
+    r = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
+    xs = r(steps, batch, EMBED)
+    h0, c0 = r(batch, HIDDEN), r(batch, HIDDEN)
+    feed0 = torch.zeros(batch, HIDDEN, device=device)
+    memory = r(batch, SOURCE, HIDDEN)
     lengths = torch.randint(SOURCE // 2, SOURCE + 1, (batch,))
     lengths[0] = SOURCE
-    pad_mask = torch.arange(SOURCE) >= lengths.unsqueeze(1)
+    lengths = lengths.to(device)
+    pad_mask = torch.arange(SOURCE, device=device) >= lengths.unsqueeze(1)
     keys = decoder.precompute_keys(memory)  # once per source
     state0 = DecoderState(h0.unsqueeze(0), c0.unsqueeze(0), feed0)
 
@@ -109,7 +113,8 @@ def _per_step(stats: dict, steps: int) -> dict:
     return {k: (v / steps if k != "n" else v) for k, v in stats.items()}
 
 
-def run_cases(quick: bool = False, backend: str = "cpu", steps: int = STEPS) -> list[dict]:
+def run_cases(quick: bool = False, backend: str = "cpu", steps: int = STEPS,
+              device: torch.device = torch.device("cpu")) -> list[dict]:
     """Measure every batch size. Each row: name, shape, backend, eager_ms / fused_ms (per step, from the
     loop samples: median, p20, p80, n), speedup, max_diff, and alternating = the same for single steps."""
     rows = []
@@ -117,11 +122,11 @@ def run_cases(quick: bool = False, backend: str = "cpu", steps: int = STEPS) -> 
     budget = 2.0 if quick else 10.0
     with torch.no_grad():
         for batch in BATCHES:
-            fns = _case(batch, backend, steps)
+            fns = _case(batch, backend, steps, device)
             diff = fns["max_diff"]()
-            t_eager, t_fused = measure_interleaved([fns["eager_loop"], fns["fused_loop"]], torch.device("cpu"),
+            t_eager, t_fused = measure_interleaved([fns["eager_loop"], fns["fused_loop"]], device,
                                                    warmup=3, repeats=repeats, budget_s=budget)
-            a_eager, a_fused = measure_interleaved([fns["eager_step"], fns["fused_step"]], torch.device("cpu"),
+            a_eager, a_fused = measure_interleaved([fns["eager_step"], fns["fused_step"]], device,
                                                    warmup=10, repeats=repeats * 4, budget_s=budget / 2)
             se, sf = _per_step(_ms(summarise(t_eager)), steps), _per_step(_ms(summarise(t_fused)), steps)
             ae, af = _ms(summarise(a_eager)), _ms(summarise(a_fused))
@@ -153,14 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples")
     ap.add_argument("--json", metavar="PATH", help="write the rows and the environment as JSON")
-    ap.add_argument("--backend", default="cpu", help="FusedDecoder backend (default cpu)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--backend", default=None, help="FusedDecoder backend (default: cpu on CPU, triton on CUDA)")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"steps per loop sample (default {STEPS})")
     args = ap.parse_args(argv)
-    rows = run_cases(quick=args.quick, backend=args.backend, steps=args.steps)
+    device = torch.device(args.device)
+    backend = args.backend or ("cpu" if device.type == "cpu" else "triton")
+    rows = run_cases(quick=args.quick, backend=backend, steps=args.steps, device=device)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": environment(torch.device("cpu")), "rows": rows}, f, indent=2)
+            json.dump({"environment": environment(device), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

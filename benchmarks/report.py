@@ -25,6 +25,7 @@ from benchmarks.cases import GRIDS, Case, default_dtypes, grid
 from benchmarks.environment import REPO_ROOT, environment
 from benchmarks.measure import run_case
 from benchmarks.plot import plot
+from fused_s2s.ops.lstm import triton_unavailable_reason
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 FORMAT_VERSION = "fused_s2s-bench/1"
@@ -74,14 +75,19 @@ def markdown_table(rows: list[dict], cuda: bool) -> str:
 
 
 def decoder_rows(device: torch.device, grid_name: str) -> list[dict]:
-    """The greedy decoder step (benchmarks/decoder_speed.py: fused step vs eager PyTorch, CPU tensors),
-    as rows of this report: per batch size, an 'eager' row and a 'fused-cpu' row with speedup_vs_eager."""
-    if device.type != "cpu" or importlib.util.find_spec("benchmarks.decoder_speed") is None:
-        return []  # its cases build CPU tensors and the C++ step
+    """The greedy decoder step (benchmarks/decoder_speed.py: FusedDecoder.step vs eager PyTorch on this
+    device: the C++ step on the CPU, the Triton step on CUDA) as rows of this report: per batch size, an
+    'eager' row and a 'fused-<backend>' row with speedup_vs_eager."""
+    if importlib.util.find_spec("benchmarks.decoder_speed") is None:
+        return []
     from benchmarks import decoder_speed
 
+    backend = "cpu" if device.type == "cpu" else "triton"
+    if backend == "triton" and triton_unavailable_reason(device) is not None:
+        print(f"decoder step rows skipped: {triton_unavailable_reason(device)}")
+        return []
     rows = []
-    for r in decoder_speed.run_cases(quick=grid_name != "full", backend="cpu"):
+    for r in decoder_speed.run_cases(quick=grid_name != "full", backend=backend, device=device):
         shape = r["shape"]
         group = f"greedy step B{shape['B']} H{shape['H']} E{shape['E']} S{shape['S']} {shape['attention']} float32"
         params = {**shape, "backward": False, "dtype": "float32", "op": "decoder_step"}
