@@ -150,12 +150,6 @@ def attention_bwd_dkv_kernel(
 
 # ---- launchers ----
 
-def _pads(D: int, M: int) -> tuple[int, int]:
-    if max(D, M) > MAX_FEATURES:
-        raise RuntimeError(f"attention: the Triton kernel holds feature sizes up to {MAX_FEATURES}, got D={D}, M={M}")
-    return max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(M))
-
-
 def _empty(shape, like: Tensor) -> Tensor:
     return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device) if POISON else like.new_empty(shape)
 
@@ -167,7 +161,7 @@ def attention_fwd(q: Tensor, keys: Tensor, values: Tensor, lengths: Optional[Ten
         return additive.additive_fwd(q, keys, values, lengths, v, _empty)
     B, T, D = q.shape
     S, M = keys.shape[1], values.shape[2]
-    d_pad, m_pad = _pads(D, M)
+    d_pad, m_pad = additive.feature_pads(D, M, MAX_FEATURES, "Triton kernel")
     ctx, lse = _empty((B, T, M), q), _empty((B, T), q)
     if B * T:
         attention_fwd_kernel[(B, triton.cdiv(T, BLOCK_T))](
@@ -183,7 +177,7 @@ def attention_bwd(d_ctx: Tensor, q: Tensor, keys: Tensor, values: Tensor, length
         return additive.additive_bwd(d_ctx, q, keys, values, lengths, v, ctx, lse, _empty)
     B, T, D = q.shape
     S, M = keys.shape[1], values.shape[2]
-    d_pad, m_pad = _pads(D, M)
+    d_pad, m_pad = additive.feature_pads(D, M, MAX_FEATURES, "Triton kernel")
     dq, dk, dvals = _empty(q.shape, q), _empty(keys.shape, q), _empty(values.shape, q)
     common = dict(BLOCK_T=BLOCK_T, BLOCK_S=BLOCK_S, D_PAD=d_pad, M_PAD=m_pad, HAS_LEN=lengths is not None,
                   num_warps=NUM_WARPS)

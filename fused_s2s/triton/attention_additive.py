@@ -140,10 +140,11 @@ def additive_bwd_dkv_kernel(
 
 # ---- launchers (called by attention.attention_fwd / attention_bwd when v is given) ----
 
-def _pads(D: int, M: int) -> tuple[int, int]:
-    if max(D, M) > MAX_FEATURES:
-        raise RuntimeError(f"attention: the additive Triton kernel holds feature sizes up to {MAX_FEATURES}, got "
-                           f"D={D}, M={M}")
+def feature_pads(D: int, M: int, limit: int = MAX_FEATURES,
+                 kernel: str = "additive Triton kernel") -> tuple[int, int]:
+    """D and M padded to powers of two (at least 16), or the error for sizes over the kernel's limit."""
+    if max(D, M) > limit:
+        raise RuntimeError(f"attention: the {kernel} holds feature sizes up to {limit}, got D={D}, M={M}")
     return max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(M))
 
 
@@ -152,7 +153,7 @@ def additive_fwd(q: Tensor, keys: Tensor, values: Tensor, lengths: Optional[Tens
     """context [B, T, M], lse [B, T]; `empty(shape, like)` allocates the outputs."""
     B, T, D = q.shape
     S, M = keys.shape[1], values.shape[2]
-    d_pad, m_pad = _pads(D, M)
+    d_pad, m_pad = feature_pads(D, M)
     ctx, lse = empty((B, T, M), q), empty((B, T), q)
     if B * T:
         additive_fwd_kernel[(B, triton.cdiv(T, BLOCK_T))](
@@ -166,7 +167,7 @@ def additive_bwd(d_ctx: Tensor, q: Tensor, keys: Tensor, values: Tensor, lengths
     """d_query, d_keys, d_values, d_v."""
     B, T, D = q.shape
     S, M = keys.shape[1], values.shape[2]
-    d_pad, m_pad = _pads(D, M)
+    d_pad, m_pad = feature_pads(D, M)
     n_t = triton.cdiv(T, BLOCK_T)
     dq, dk, dvals = empty(q.shape, q), empty(keys.shape, q), empty(values.shape, q)
     dva_part = empty((B * n_t, D), q)
