@@ -13,10 +13,13 @@ TORCH_LIBRARY(fused_s2s, m) {
   m.def(
       "lstm_layer_infer(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)");
+  // need_dw has a default so that a graph torch.compile cached before the argument existed (inductor's cache
+  // key does not hold op schemas) still runs, computing every gradient as it did then.
   m.def(
       "lstm_layer_bwd(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, "
       "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor cells, "
-      "bool need_dx) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor dw_hr)");
+      "bool need_dx, bool need_dw=True) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, "
+      "Tensor db, Tensor dw_hr)");
 }
 
 TORCH_LIBRARY_IMPL(fused_s2s, CPU, m) {

@@ -73,6 +73,41 @@ def assert_layer_matches_reference(args, backend: str) -> None:
         assert_close(a, e, f"grad of differentiable input {k}")
 
 
+def with_frozen(args, frozen: set[int]):
+    """args with requires_grad off at the positions in `frozen` (3..7: w_ih, w_hh, b_ih, b_hh, w_hr)."""
+    return tuple(a.detach() if i in frozen and isinstance(a, torch.Tensor) else a for i, a in enumerate(args))
+
+
+FROZEN = {"all-weights": {3, 4, 5, 6, 7}, "w_ih-only": {3}}
+
+
+@pytest.mark.parametrize("frozen", FROZEN.values(), ids=FROZEN.keys())
+@pytest.mark.parametrize("P", [0, 3], ids=["plain", "proj"])
+def test_frozen_weights_match_reference(P, frozen):
+    # frozen weights take the backward without dW GEMMs: the input and state gradients must not change
+    args = with_frozen(make_layer_args(T=6, B=4, I=5, H=7, P=P, lengths=True, reverse=True), frozen)
+    assert_layer_matches_reference(args, "cpu")
+
+
+def assert_bwd_without_weights_matches(bwd_op, fwd_op, fwd_extra=(), place=lambda args: args) -> None:
+    """bwd_op(..., need_dw=False) returns empty weight gradients and the same dx, dh0, dc0 as need_dw=True.
+    place(args) moves the arguments to the op's device."""
+    args = place(make_layer_args(T=5, B=3, I=4, H=6, P=2, lengths=True, reverse=False, requires_grad=False))
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, reverse = args
+    y, h_n, c_n, gates, cells = fwd_op(*args, *fwd_extra)
+    grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n))
+    common = (*grads, x, h0, c0, w_ih, w_hh, w_hr, lens, reverse, y, gates, cells, True)
+    full, no_dw = bwd_op(*common, True), bwd_op(*common, False)
+    for name, a, e in zip(("dx", "dh0", "dc0"), no_dw[:3], full[:3]):
+        assert_close(a, e, name)
+    assert all(g.numel() == 0 for g in no_dw[3:]), [tuple(g.shape) for g in no_dw[3:]]
+    assert all(g.numel() > 0 for g in full[3:])
+
+
+def test_bwd_op_skips_weight_gradients():
+    assert_bwd_without_weights_matches(torch.ops.fused_s2s.lstm_layer_bwd, torch.ops.fused_s2s.lstm_layer_fwd)
+
+
 @pytest.mark.parametrize("case", [
     dict(T=4, B=3, I=3, H=4, P=0, lengths=False, reverse=False),
     dict(T=4, B=3, I=3, H=4, P=0, lengths=True, reverse=True),
@@ -100,8 +135,9 @@ def test_opcheck(P, lengths):
     y, h_n, c_n, gates, cells = torch.ops.fused_s2s.lstm_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens,
                                                                    reverse)
     bwd_args = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh, w_hr,
-                lens, reverse, y, gates, cells, True)
+                lens, reverse, y, gates, cells, True, True)
     torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_bwd.default, (*bwd_args[:-2], False, False))
 
 
 @pytest.mark.parametrize("case", [

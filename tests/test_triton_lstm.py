@@ -17,7 +17,8 @@ from torch import nn
 from fused_s2s import FusedLSTM
 from fused_s2s.ops import lstm_layer
 from fused_s2s.reference.lstm import lstm_layer as reference_layer
-from tests.test_ops import assert_layer_matches_reference, differentiable, make_layer_args
+from tests.test_ops import (FROZEN, assert_bwd_without_weights_matches, assert_layer_matches_reference,
+                            differentiable, make_layer_args, with_frozen)
 from tests.utils import assert_close, case_id
 
 pytestmark = pytest.mark.triton_interpret
@@ -118,8 +119,21 @@ def test_triton_opcheck(P, lengths):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lens, reverse = plain
     y, h_n, c_n, gates, cells = torch.ops.fused_s2s.triton_lstm_layer_fwd(*plain, True)
     bwd_args = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh, w_hr,
-                lens, reverse, y, gates, cells, True)
+                lens, reverse, y, gates, cells, True, True)
     torch.library.opcheck(torch.ops.fused_s2s.triton_lstm_layer_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.fused_s2s.triton_lstm_layer_bwd.default, (*bwd_args[:-2], False, False))
+
+
+@pytest.mark.parametrize("frozen", FROZEN.values(), ids=FROZEN.keys())
+@pytest.mark.parametrize("P", [0, 3], ids=["plain", "proj"])
+def test_triton_frozen_weights_match_reference(P, frozen):
+    args = with_frozen(on_device(make_layer_args(T=6, B=4, I=5, H=7, P=P, lengths=True, reverse=True)), frozen)
+    assert_layer_matches_reference(args, "triton")
+
+
+def test_triton_bwd_op_skips_weight_gradients():
+    assert_bwd_without_weights_matches(torch.ops.fused_s2s.triton_lstm_layer_bwd,
+                                       torch.ops.fused_s2s.triton_lstm_layer_fwd, fwd_extra=(True,), place=on_device)
 
 
 def test_triton_without_grad_saves_nothing_and_matches():

@@ -292,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& x_in,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
     const std::optional<at::Tensor>& w_hr_in, const std::optional<at::Tensor>& lengths, bool reverse,
-    const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells, bool need_dx) {
+    const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells, bool need_dx, bool need_dw) {
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr_in, lengths);
   const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih_in.size(0) / 4;
@@ -307,7 +307,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dh = dh_n.contiguous().clone();  // gradient reaching the recurrent state h_t (P wide)
   at::Tensor dc = dc_n.contiguous().clone();
   at::Tensor dr_all = proj ? empty_buffer({T, B, P}, x.options()) : at::Tensor();  // gradient at y[t]+recurrence
-  at::Tensor h_raw = proj ? empty_buffer({T, B, H}, x.options()) : at::Tensor();
+  // o*tanh(c) before the projection, kept only for dW_hr
+  at::Tensor h_raw = proj && need_dw ? empty_buffer({T, B, H}, x.options()) : at::Tensor();
   const at::Tensor c0c = c0.contiguous();
   ActiveRows active(lengths, B);
 
@@ -352,7 +353,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       }
       bwd_pointwise<scalar_t>({gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(), c_prev,
                                dh_unit.data_ptr<scalar_t>(), dy_t, dc.data_ptr<scalar_t>(),
-                               dgates[t].data_ptr<scalar_t>(), proj ? h_raw[t].data_ptr<scalar_t>() : nullptr,
+                               dgates[t].data_ptr<scalar_t>(),
+                               h_raw.defined() ? h_raw[t].data_ptr<scalar_t>() : nullptr,
                                mask, B, H});
       at::Tensor dh_next = step_gemm(dgates[t], w_hh_t);  // [B, P]
       if (mask != nullptr) {  // a frozen step passes the state gradient through unchanged
@@ -367,6 +369,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   const at::Tensor dg2 = dgates.view({T * B, 4 * H});
   at::Tensor dx = need_dx ? fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I}) : at::empty({0}, x.options());
+  if (!need_dw) {  // frozen weights: skip the weight GEMMs, as cuDNN's backward does with its output mask
+    const auto none = [&] { return at::empty({0}, x.options()); };  // distinct tensors: outputs must not alias
+    return {dx, dh, dc, none(), none(), none(), none()};
+  }
   // Padding steps have dG = 0, but whatever x holds there (NaN, inf) must not reach dW_ih as 0 * NaN.
   at::Tensor x_valid = x;
   if (lengths.has_value()) {

@@ -22,11 +22,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths, bool reverse);
 
 // -> dx [T, B, I] (empty unless need_dx), dh0 [B, P], dc0 [B, H], dw_ih, dw_hh, db [4H] (both biases'
-//    gradient), dw_hr [P, H] (empty without a projection)
+//    gradient), dw_hr [P, H] (empty without a projection); the four weight gradients are empty unless need_dw
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& x, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& y, const at::Tensor& gates,
-    const at::Tensor& cells, bool need_dx);
+    const at::Tensor& cells, bool need_dx, bool need_dw);
 
 }  // namespace fused_s2s::cpu

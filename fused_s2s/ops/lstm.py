@@ -6,7 +6,8 @@ reverse semantics). Stacks, directions and PackedSequence are composed above thi
 The C++ ops (schemas in csrc/ops.cpp):
     fused_s2s::lstm_layer_fwd  -> y, h_n, c_n, gates (activated, [T, B, 4H]), cells ([T, B, H])
     fused_s2s::lstm_layer_infer -> y, h_n, c_n (no grad needed: saves nothing, chunked input projection)
-    fused_s2s::lstm_layer_bwd  -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr
+    fused_s2s::lstm_layer_bwd  -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr (dx empty unless need_dx, the weight
+                                  gradients empty unless need_dw: a frozen LSTM skips the dW GEMMs)
 The Triton ops (fused_s2s/ops/lstm_triton.py) mirror them: triton_lstm_layer_fwd (with a `save` flag
 instead of a separate inference op) and triton_lstm_layer_bwd. gates and cells are what backward needs
 (cuDNN's reserve space); they are marked non-differentiable. Autograd for both families is registered here.
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fused_s2s.ops import lstm_triton  # noqa: F401  (registers the fused_s2s::triton_lstm_* ops)
+from fused_s2s.ops.lstm_triton import bwd_fake_outputs
 from fused_s2s.reference import lstm as _reference
 
 try:  # the compiled extension registers the fused_s2s:: C++ ops when imported
@@ -132,12 +134,8 @@ if _C_ERROR is None:
 
     @torch.library.register_fake("fused_s2s::lstm_layer_bwd")
     def _lstm_layer_bwd_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells,
-                             need_dx):
-        # new_empty, not empty_like: the C++ op returns contiguous tensors whatever the inputs' strides
-        dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
-        dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
-        return (dx, x.new_empty(h0.shape), x.new_empty(c0.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape),
-                x.new_empty(w_ih.shape[0]), dw_hr)
+                             need_dx, need_dw=True):
+        return bwd_fake_outputs(x, h0, c0, w_ih, w_hh, w_hr, need_dx, need_dw)
 
     # ---- autograd ----
 
@@ -154,8 +152,12 @@ if _C_ERROR is None:
         def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
             x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cells = ctx.saved_tensors
             need_dx = ctx.needs_input_grad[0]
+            need_dw = any(ctx.needs_input_grad[3:8])  # w_ih, w_hh, b_ih, b_hh, w_hr: frozen weights skip dW
             dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = bwd_op(
-                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, ctx.reverse, y, gates, cells, need_dx)
+                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, ctx.reverse, y, gates, cells, need_dx,
+                need_dw)
+            if not need_dw:
+                return (dx if need_dx else None, dh0, dc0) + (None,) * (n_inputs - 3)
             grads = (dx if need_dx else None, dh0, dc0, dw_ih, dw_hh, db if ctx.has_bias[0] else None,
                      db if ctx.has_bias[1] else None, dw_hr if w_hr is not None else None)
             return grads + (None,) * (n_inputs - len(grads))

@@ -103,7 +103,7 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
 @torch.library.custom_op("fused_s2s::triton_lstm_layer_bwd", mutates_args=())
 def triton_lstm_layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
                           w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, y: Tensor,
-                          gates: Tensor, cells: Tensor, need_dx: bool
+                          gates: Tensor, cells: Tensor, need_dx: bool, need_dw: bool = True
                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, I = x.shape
     G = gates.shape[2]
@@ -114,6 +114,8 @@ def triton_lstm_layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, h0:
         None if w_hr is None else w_hr.contiguous(), lengths, reverse, gates, cells)
     dg2 = dg.view(T * B, G)
     dx = (dg2 @ w_ih).view(T, B, I) if need_dx else x.new_empty(0)
+    if not need_dw:  # frozen weights: no weight GEMMs
+        return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), *(x.new_empty(0) for _ in range(4)))  # no aliases
     valid = _step_mask(lengths, T) if lengths is not None else None
     # Padding steps have dG = 0, but x may hold NaN there (NaN·0 = NaN): keep it out of dW_ih.
     x_used = torch.where(valid, x, 0) if valid is not None else x
@@ -136,9 +138,19 @@ def triton_lstm_layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, h0:
     return dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, db, dw_hr
 
 
-@triton_lstm_layer_bwd.register_fake
-def _(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells, need_dx):
-    dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
-    dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
+def bwd_fake_outputs(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+                     need_dx: bool, need_dw: bool) -> tuple[Tensor, ...]:
+    """The shapes both LSTM backward ops return (the C++ and the Triton one): an unneeded gradient is empty."""
+    # new_empty, not empty_like: the ops return contiguous tensors whatever the inputs' strides; and a new
+    # empty tensor per missing gradient, since outputs must not alias
+    dx = x.new_empty(x.shape if need_dx else (0,))
+    if not need_dw:
+        return (dx, h0.new_empty(h0.shape), c0.new_empty(c0.shape), *(x.new_empty(0) for _ in range(4)))
+    dw_hr = x.new_empty(w_hr.shape if w_hr is not None else (0,))
     return (dx, h0.new_empty(h0.shape), c0.new_empty(c0.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape),
             x.new_empty(w_ih.shape[0]), dw_hr)
+
+
+@triton_lstm_layer_bwd.register_fake
+def _(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, reverse, y, gates, cells, need_dx, need_dw=True):
+    return bwd_fake_outputs(x, h0, c0, w_ih, w_hh, w_hr, need_dx, need_dw)
