@@ -2,6 +2,8 @@
 FUSED_S2S_TEST_SEED=<seed> python -m pytest ... replays a run."""
 import os
 import random
+import shutil
+import tempfile
 import zlib
 
 import pytest
@@ -9,10 +11,20 @@ import pytest
 # Before fused_s2s is imported: buffers the C++ kernels allocate start as NaN, so an element a kernel never
 # writes fails a test instead of passing with whatever the memory held.
 os.environ.setdefault("FUSED_S2S_POISON_BUFFERS", "1")
+# A fresh torch.compile cache per run: inductor's cache key does not hold custom op schemas or our autograd
+# rules, so a warm cache could run graphs compiled against an older fused_s2s instead of testing this one.
+_OWN_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fused_s2s_test_inductor_")
 
 import torch  # noqa: E402
 
 RUN_SEED = int(os.environ.get("FUSED_S2S_TEST_SEED", random.randrange(2**31)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_INDUCTOR_CACHE is not None:
+        shutil.rmtree(_OWN_INDUCTOR_CACHE, ignore_errors=True)
 
 
 def pytest_report_header(config):
