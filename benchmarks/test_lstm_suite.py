@@ -6,7 +6,7 @@
 pytest-benchmark times the implementation; nn.LSTM is timed by the `setup` hook right before each round,
 so the two are interleaved and `extra_info.speedup_vs_nn_lstm` (nn.LSTM median / ours) comes from the same
 run. `fused-s2s-bench compare` gates JSON written this way as it does the report's. `python -m
-benchmarks.report` runs the same cases (benchmarks/measure.py) with a progress bar, table and plot.
+`fused-s2s-bench report` runs the same cases (fused_s2s/bench/measure.py) with a progress bar, table and plot.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import statistics
 import pytest
 import torch
 
-from benchmarks.cases import NN_LSTM, REFERENCE, default_dtypes, grid
-from benchmarks.measure import build_case, implementations, peak_bytes, saved_bytes
-from benchmarks.timing import time_call
+from fused_s2s.bench.cases import NN_LSTM, REFERENCE, default_dtypes, grid
+from fused_s2s.bench.measure import build_case, implementations, peak_bytes, saved_bytes
+from fused_s2s.bench.timing import time_call
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GRID = os.environ.get("FUSED_S2S_BENCH_GRID", "quick")

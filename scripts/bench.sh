@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set up (scripts/setup.sh), then benchmark FusedLSTM against torch.nn.LSTM (and the reference)
 # on whatever device is present (CUDA if available, else CPU): a markdown table on stdout, JSON and a PNG plot
-# (default benchmarks/results/<grid>.json and .png). Arguments go to benchmarks.report: --quick (the CI-sized
-# grid), --json PATH, --png PATH, --cases TEXT, --dtypes LIST, --repeats N, --warmup N, --budget SECONDS.
+# (default fused-s2s-bench-results/<grid>.json and .png in the checkout). Arguments go to `fused-s2s-bench
+# report`: --quick (the CI-sized grid), --out DIR, --json PATH, --png PATH, --cases TEXT, --dtypes LIST,
+# --repeats N, --warmup N, --budget SECONDS.
 # Usage: bash scripts/bench.sh [--quick]   (from any directory)
 set -euo pipefail
 
@@ -11,4 +12,4 @@ cd "$REPO_ROOT"
 PYTHON="${PYTHON:-python}"
 
 bash scripts/setup.sh
-"$PYTHON" -m benchmarks.report "$@"
+"$PYTHON" -m fused_s2s.bench report "$@"

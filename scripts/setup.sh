@@ -22,8 +22,9 @@ fi
 #    if it is recent enough, else the PyPI package.
 "${PIP[@]}" scikit-build-core pybind11 ninja pytest pytest-benchmark
 # Triton (the GPU kernels; on this CPU they run under TRITON_INTERPRET=1 and are compiled ahead of time for
-# sm_80/sm_90), matplotlib (the report's plot) and tqdm (progress over benchmark cases).
-"${PIP[@]}" triton==3.9.0 matplotlib tqdm
+# sm_80/sm_90), matplotlib (the report's plot), tqdm (progress over benchmark cases) and scipy (the A/B
+# gate's bootstrap interval and rank test).
+"${PIP[@]}" triton==3.9.0 matplotlib tqdm scipy
 cmake_ok() {  # true if `cmake` is on PATH and at least 3.24
   local v major minor
   v="$(cmake --version 2>/dev/null | head -n1 | sed -n 's/^cmake version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"

@@ -1,4 +1,4 @@
-"""The regression gate (fused_s2s.bench_compare / fused-s2s-bench compare) on hand-made reports."""
+"""The one-file regression gate (fused_s2s.bench.compare / fused-s2s-bench compare) on hand-made reports."""
 from __future__ import annotations
 
 import json
@@ -8,22 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from fused_s2s.bench_cli import main
-from fused_s2s.bench_compare import compare, parse_fraction
+from fused_s2s.bench.cli import main
+from fused_s2s.bench.compare import check_comparable, compare, parse_fraction
 
 SPEEDUPS = {"fused-cpu fwd B16 T50 H256 L1 uni float32": 0.95,
             "fused-cpu fwd+bwd B16 T50 H256 L1 uni float32": 1.10,
             "fused-cpu fwd+bwd B16 T50 H256 L2 bi varlen float32": 1.90}
 
 
-def report(speedups: dict[str, float], kind: str = "cpu-test", gate: bool = True) -> dict:
+def report(speedups: dict[str, float], kind: str = "cpu-test", gate: bool = True, grid: str = "quick") -> dict:
     """A minimal report in the layout benchmarks/report.py writes (plus an nn.LSTM row, never compared)."""
     rows = [{"group": "g", "name": "nn.LSTM fwd B16 T50 H256 L1 uni float32", "params": {},
              "stats": {"median": 1e-3}, "extra_info": {"impl": "nn.LSTM"}}]
     rows += [{"group": "g", "name": n, "params": {}, "stats": {"median": 1e-3 / s},
               "extra_info": {"impl": n.split()[0], "speedup_vs_nn_lstm": s, "gate": gate}}
              for n, s in speedups.items()]
-    return {"machine_info": {"machine_kind": kind}, "benchmarks": rows}
+    return {"machine_info": {"machine_kind": kind}, "settings": {"grid": grid}, "benchmarks": rows}
 
 
 def run_cli(tmp_path: Path, base: dict, cur: dict, *extra: str, capsys) -> tuple[int, str]:
@@ -82,9 +82,11 @@ def test_ungated_rows_never_fail():
     assert c.ok() and not c.regressed and len(c.passed) == 3
 
 
-def test_machine_kind_mismatch_warns():
-    c = compare(report(SPEEDUPS, kind="cpu-a"), report(SPEEDUPS, kind="cpu-b"), 0.1)
-    assert c.ok() and "cpu-a" in c.warnings[0] and "cpu-b" in c.warnings[0]
+def test_other_machine_kind_or_grid_is_an_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="cpu-a.*cpu-b"):
+        check_comparable(report(SPEEDUPS, kind="cpu-a"), report(SPEEDUPS, kind="cpu-b"))
+    code, out = run_cli(tmp_path, report(SPEEDUPS, grid="full"), report(SPEEDUPS), capsys=capsys)
+    assert code == 2 and "'full' grid" in out and "'quick' grid" in out and "Traceback" not in out
 
 
 @pytest.mark.parametrize("text,value", [("10%", 0.1), ("0.25", 0.25), ("0%", 0.0), (" 12.5% ", 0.125)])
@@ -106,12 +108,15 @@ def test_unreadable_input_exits_2(tmp_path, capsys):
     (tmp_path / "ok.json").write_text(json.dumps(report(SPEEDUPS)))
     assert main(["compare", str(tmp_path / "ok.json"), str(tmp_path / "empty.json")]) == 2
     assert "not a benchmark report" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "ok.json"), str(tmp_path / "absent.json")]) == 2
+    out = capsys.readouterr().out
+    assert "absent.json: no such file" in out and len(out.strip().splitlines()) == 1
 
 
 def test_module_entry_point(tmp_path):
-    """`python -m fused_s2s.bench_cli compare ...` exits with the gate's code."""
+    """`python -m fused_s2s.bench compare ...` exits with the gate's code."""
     (tmp_path / "a.json").write_text(json.dumps(report(SPEEDUPS)))
     (tmp_path / "b.json").write_text(json.dumps(report({n: s / 2 for n, s in SPEEDUPS.items()})))
-    proc = subprocess.run([sys.executable, "-m", "fused_s2s.bench_cli", "compare", str(tmp_path / "a.json"),
+    proc = subprocess.run([sys.executable, "-m", "fused_s2s.bench", "compare", str(tmp_path / "a.json"),
                            str(tmp_path / "b.json"), "--max-slowdown", "10%"], capture_output=True, text=True)
     assert proc.returncode == 1 and "REGRESSED (3)" in proc.stdout

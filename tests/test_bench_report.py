@@ -8,9 +8,9 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from benchmarks import report  # noqa: E402
-from benchmarks.cases import grid  # noqa: E402
-from fused_s2s.bench_compare import compare, load_report  # noqa: E402
+from fused_s2s.bench import report  # noqa: E402
+from fused_s2s.bench.cases import grid  # noqa: E402
+from fused_s2s.bench.compare import compare, load_report  # noqa: E402
 
 
 def test_quick_grid_is_ci_sized():
@@ -37,7 +37,7 @@ def test_report_writes_table_json_and_png(tmp_path, capsys):
     fused = [r for r in lstm if r["extra_info"]["impl"].startswith("fused-")]
     assert fused and all(r["extra_info"]["speedup_vs_nn_lstm"] > 0 for r in fused)
     assert all(r["extra_info"]["max_abs_diff_vs_nn_lstm"] < 1e-4 for r in lstm)
-    # The decoder's greedy step (benchmarks/decoder_speed.py) joins the report, against eager PyTorch.
+    # The decoder's greedy step (fused_s2s/bench/decoder_speed.py) joins the report, against eager PyTorch.
     decoder = [r for r in rows if r["params"].get("op") == "decoder_step" and "speedup_vs_eager" in r["extra_info"]]
     assert decoder and all(r["extra_info"]["max_abs_diff_vs_eager"] < 1e-4 for r in decoder)
     assert "| greedy step B1 " in text
@@ -52,7 +52,7 @@ def test_report_writes_table_json_and_png(tmp_path, capsys):
 
 
 def test_make_baseline_keeps_the_median_run():
-    from benchmarks.make_baseline import merge
+    from fused_s2s.bench.make_baseline import merge
 
     def run(speedup: float) -> dict:
         return {"settings": {}, "benchmarks": [

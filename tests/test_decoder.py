@@ -100,6 +100,28 @@ def test_step_reproduces_forward(kind, layers, feeding, use_lengths):
     assert_close(o, out[:, -1], "composed step output")
 
 
+@pytest.mark.parametrize("layers,feeding", [(1, True), (2, False)])
+def test_step_without_state_starts_from_zeros(layers, feeding):
+    """step(x, None, memory) is step from the zero state (h, c and the input feed), as nn.LSTMCell without hx;
+    checked against the reference loop started from explicit zeros, on the fused op and the composed path."""
+    B = 3
+    dec = make("general", layers, feeding, dtype=torch.float64)
+    x, memory = torch.randn(B, 1, E, dtype=torch.float64), torch.randn(B, S, H, dtype=torch.float64)
+    lengths = torch.tensor([S, 2, 4])
+    zeros = DecoderState(torch.zeros(layers, B, H, dtype=torch.float64), torch.zeros(layers, B, H, dtype=torch.float64),
+                         torch.zeros(B, H, dtype=torch.float64) if feeding else None)
+    r_out, r_attn, r_h, r_c = reference_loop(dec, x, memory, lengths, zeros)
+    with torch.no_grad():
+        out, state, attn = dec.step(x[:, 0], None, memory, lengths)
+    assert_close(out, r_out[:, 0], "step output from None")
+    assert_close(attn, r_attn[:, 0], "step attention from None")
+    assert_close(state.h, r_h, "h")
+    assert_close(state.c, r_c, "c")
+    out_g, _, _ = dec.step(x[:, 0], None, memory, lengths)  # with grad: the composed path
+    assert out_g.requires_grad
+    assert_close(out_g.detach(), r_out[:, 0], "composed step output from None")
+
+
 def test_memory_size_differs_from_hidden():
     dec = make("general", 2, True, memory_size=9)
     x, memory = torch.randn(2, 3, E, dtype=torch.float64), torch.randn(2, 5, 9, dtype=torch.float64)

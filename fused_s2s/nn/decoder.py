@@ -292,16 +292,18 @@ class FusedDecoder(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- API
 
-    def step(self, input_t: Tensor, state: DecoderState, memory: Tensor, memory_lengths: Optional[Tensor] = None,
-             keys=None) -> tuple[Tensor, DecoderState, Tensor]:
+    def step(self, input_t: Tensor, state: Optional[DecoderState], memory: Tensor,
+             memory_lengths: Optional[Tensor] = None, keys=None) -> tuple[Tensor, DecoderState, Tensor]:
         """One decoding step -> (h̃ [B, H], new state, attention weights [B, S]).
 
+        A None state starts from zeros (h, c and the input feed), as nn.LSTMCell does without a state.
         Under no grad (and no training-time dropout) this is one fused op call; `keys` from
         precompute_keys(memory) saves recomputing the attention keys every step.
         """
         self._check_input(input_t, 2)
         B = input_t.shape[0]
         self._check_memory(memory, memory_lengths, B)
+        state = self.zero_state(B, input_t) if state is None else state
         self._check_state(state, B)
         if self.input_feeding and state.feed is None:
             state = DecoderState(state.h, state.c, input_t.new_zeros(B, self.hidden_size))

@@ -1,18 +1,18 @@
 """The main job: benchmark FusedLSTM against nn.LSTM (and the reference) on whatever device is present.
 Prints a markdown table, writes JSON (pytest-benchmark's layout, ratios in extra_info) and a PNG plot.
 
-    python -m benchmarks.report [--quick] [--json PATH] [--png PATH] [--cases TEXT] [--dtypes float32,...]
+    fused-s2s-bench report [--quick] [--out DIR] [--json PATH] [--png PATH] [--cases TEXT] [--dtypes float32,...]
 
 In each case nn.LSTM and every implementation are timed interleaved after warm-up; the speedup is nn.LSTM's
 median / the implementation's median, both from the same run. Forward+backward cases also record the bytes
 autograd saves for backward (and on CUDA the peak allocated memory), ours / nn.LSTM's.
-`fused-s2s-bench compare BASELINE.json CURRENT.json --max-slowdown 10%` gates on the speedups.
+`fused-s2s-bench compare BASELINE.json CURRENT.json` gates one report against another on the speedups;
+`fused-s2s-bench ab` compares two builds by interleaved runs of this grid.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -21,18 +21,18 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from benchmarks.cases import GRIDS, Case, default_dtypes, grid
-from benchmarks.environment import REPO_ROOT, environment
-from benchmarks.measure import run_case
-from benchmarks.plot import plot
 from fused_s2s.ops.lstm import triton_unavailable_reason
 
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+from . import decoder_speed
+from .cases import default_dtypes, grid, matches, select
+from .environment import default_device, environment
+from .measure import run_case
+from .options import add_grid_arguments, resolve_grid_arguments
+from .plot import plot
+
+DEFAULT_OUT = "fused-s2s-bench-results"  # in the current directory: never inside the installed package
 FORMAT_VERSION = "fused_s2s-bench/1"
 
-# Timing per grid: (warm-up rounds, most timed rounds, seconds of timed calls per case before stopping
-# early, never under 3 rounds). Cheap cases get many rounds, costly ones few.
-SETTINGS = {"full": (3, 50, 8.0), "quick": (3, 80, 6.0), "smoke": (1, 3, 0.5)}
 
 
 def _ms(row: dict, key: str = "median") -> float:
@@ -74,22 +74,26 @@ def markdown_table(rows: list[dict], cuda: bool) -> str:
     return "\n".join(lines)
 
 
-def decoder_rows(device: torch.device, grid_name: str) -> list[dict]:
-    """The greedy decoder step (benchmarks/decoder_speed.py: FusedDecoder.step vs eager PyTorch on this
-    device: the C++ step on the CPU, the Triton step on CUDA) as rows of this report: per batch size, an
-    'eager' row and a 'fused-<backend>' row with speedup_vs_eager."""
-    if importlib.util.find_spec("benchmarks.decoder_speed") is None:
+def decoder_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """The greedy decoder step (decoder_speed.py: FusedDecoder.step vs eager PyTorch on this device: the C++
+    step on the CPU, the Triton step on CUDA) as rows of this report: per batch size whose id matches
+    `pattern`, an 'eager' row and a 'fused-<backend>' row with speedup_vs_eager."""
+    batches = tuple(b for b in decoder_speed.BATCHES if matches(decoder_speed.case_id(b), args.cases))
+    if args.grid == "smoke":
+        batches = batches[:1]
+    if not batches:
         return []
-    from benchmarks import decoder_speed
-
     backend = "cpu" if device.type == "cpu" else "triton"
     if backend == "triton" and triton_unavailable_reason(device) is not None:
         print(f"decoder step rows skipped: {triton_unavailable_reason(device)}")
         return []
     rows = []
-    for r in decoder_speed.run_cases(quick=grid_name != "full", backend=backend, device=device):
+    # A loop sample is 16 steps: the decoder gets more samples than an LSTM case has rounds (B1 samples take
+    # a few ms), within the same time budget.
+    for r in decoder_speed.run_cases(backend=backend, device=device, batches=batches, repeats=args.repeats * 4,
+                                     budget=args.budget, alternating=False):
         shape = r["shape"]
-        group = f"greedy step B{shape['B']} H{shape['H']} E{shape['E']} S{shape['S']} {shape['attention']} float32"
+        group = decoder_speed.case_id(shape["B"])
         params = {**shape, "backward": False, "dtype": "float32", "op": "decoder_step"}
         for impl, t in (("eager", r["eager_ms"]), (f"fused-{r['backend']}", r["fused_ms"])):
             extra: dict[str, object] = {"impl": impl, "backend": r["backend"] if impl != "eager" else "eager"}
@@ -101,74 +105,84 @@ def decoder_rows(device: torch.device, grid_name: str) -> list[dict]:
     return rows
 
 
-def select(cases: list[Case], pattern: Optional[str]) -> list[Case]:
-    """Cases whose id contains every comma-separated part of pattern (case-insensitive)."""
-    if not pattern:
-        return cases
-    parts = [p.strip().lower() for p in pattern.split(",") if p.strip()]
-    return [c for c in cases if all(p in c.id.lower() for p in parts)]
-
-
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the CI-sized grid (a few minutes on 2 CPU cores)")
-    parser.add_argument("--grid", choices=GRIDS, default=None, help=argparse.SUPPRESS)  # 'smoke': the tests
-    parser.add_argument("--cases", default=None, help="only cases whose id contains every comma-separated part")
-    parser.add_argument("--dtypes", default=None, help="comma-separated dtypes (default: what the device takes)")
-    parser.add_argument("--json", type=Path, default=None, help="output JSON (default benchmarks/results/<grid>.json)")
+    parser = argparse.ArgumentParser(prog="fused-s2s-bench report", description=__doc__.split("\n\n")[0])
+    add_grid_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                        help=f"folder for the JSON and the plot (default ./{DEFAULT_OUT}/ in this directory)")
+    parser.add_argument("--json", type=Path, default=None, help="output JSON (default OUT/<grid>.json)")
     parser.add_argument("--png", type=Path, default=None, help="output plot (default: the JSON path with .png)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds per case")
-    parser.add_argument("--repeats", type=int, default=None, help="most timed rounds per case")
-    parser.add_argument("--budget", type=float, default=None, help="seconds of timed calls per case (min 3 rounds)")
+    parser.add_argument("--no-plot", action="store_true", help="write no plot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    args.grid = args.grid or ("quick" if args.quick else "full")
-    warmup, repeats, budget = SETTINGS[args.grid]
-    args.warmup = warmup if args.warmup is None else args.warmup
-    args.repeats = repeats if args.repeats is None else args.repeats
-    args.budget = budget if args.budget is None else args.budget
-    args.json = args.json or RESULTS / f"{args.grid}.json"
+    resolve_grid_arguments(parser, args)
+    args.json = args.json or args.out / f"{args.grid}.json"
     args.png = args.png or args.json.with_suffix(".png")
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    args = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def run_grid(args: argparse.Namespace, progress: bool = True, keep_going: bool = False) -> dict:
+    """Measure every selected case on this machine's device; the report as a dict (nothing written).
+
+    keep_going: a case that raises is recorded in the report's "errors" (id -> message) instead of
+    stopping the run, so an A/B run of an older build that lacks a feature still measures the rest.
+    """
+    device = default_device()
     dtypes = args.dtypes.split(",") if args.dtypes else default_dtypes(device)
-    cases = select(grid(args.grid, dtypes), args.cases)
-    if not cases:
+    cases = select(grid(args.grid, dtypes, reference=not args.no_reference), args.cases)
+    decoder_ids = [decoder_speed.case_id(b) for b in decoder_speed.BATCHES]
+    if not cases and not any(matches(i, args.cases) for i in decoder_ids):
         raise SystemExit(f"no benchmark case matches {args.cases!r}")
     env = environment(device)
     print(f"# fused_s2s vs nn.LSTM on {env['device']} ({env['device_name']}), torch {env['torch']}, triton "
           f"{env['triton']}, {env['num_threads']} threads, commit {env['git_commit']}; grid {args.grid}: "
-          f"{len(cases)} cases, {args.warmup} warm-up, up to {args.repeats} rounds or {args.budget:g} s each\n",
-          flush=True)
+          f"{len(cases)} LSTM cases, {args.warmup} warm-up, up to {args.repeats} rounds or {args.budget:g} s "
+          "each", flush=True)
     torch.manual_seed(0)
     start = time.perf_counter()
     rows: list[dict] = []
-    for case in tqdm(cases, desc="cases", unit="case", disable=args.no_progress):
-        rows += run_case(case, device, args.warmup, args.repeats, args.budget)
-    rows += decoder_rows(device, args.grid)
-    elapsed = time.perf_counter() - start
-    print(markdown_table(rows, device.type == "cuda"))
-    report = {
+    errors: dict[str, str] = {}
+    for case in tqdm(cases, desc="cases", unit="case", disable=not progress):
+        try:
+            rows += run_case(case, device, args.warmup, args.repeats, args.budget)
+        except Exception as e:  # noqa: BLE001 (recorded in the report, and the caller decides)
+            if not keep_going:
+                raise
+            errors[case.id] = f"{type(e).__name__}: {e}".splitlines()[0]
+    try:
+        rows += decoder_rows(device, args)
+    except Exception as e:  # noqa: BLE001
+        if not keep_going:
+            raise
+        for i in decoder_ids:
+            if matches(i, args.cases):
+                errors[i] = f"{type(e).__name__}: {e}".splitlines()[0]
+    return {
         "version": FORMAT_VERSION,
         "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "machine_info": env,
         "commit_info": {"id": env["git_commit"]},
         "settings": {"grid": args.grid, "dtypes": dtypes, "cases": args.cases, "warmup": args.warmup,
-                     "repeats": args.repeats, "budget_s": args.budget, "elapsed_s": elapsed,
+                     "repeats": args.repeats, "budget_s": args.budget, "elapsed_s": time.perf_counter() - start,
                      "layout": "sequence-first [T, B, I], input size = hidden size",
                      "speedup": "nn.LSTM median / implementation median, timed interleaved in the same run"},
         "benchmarks": rows,
+        "errors": errors,
     }
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parse_args(argv)
+    report = run_grid(args, progress=not args.no_progress)
+    print()
+    print(markdown_table(report["benchmarks"], report["machine_info"]["device"].startswith("cuda")))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
-    plot(report, args.png)
-    print(f"\n{len(cases)} cases in {elapsed:.0f} s. JSON: {args.json}  plot: {args.png}")
+    where = f"JSON: {args.json}"
+    if not args.no_plot:
+        plot(report, args.png)
+        where += f"  plot: {args.png}"
+    print(f"\n{len(report['benchmarks'])} rows in {report['settings']['elapsed_s']:.0f} s. {where}")
     return report
 
 

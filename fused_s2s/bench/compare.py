@@ -1,6 +1,6 @@
 """The performance-regression gate's logic: compare two benchmark reports by their speedup ratios.
 
-A report (benchmarks/report.py, or `pytest benchmarks --benchmark-json`) lists rows in pytest-benchmark's
+A report (`fused-s2s-bench report`, or `pytest benchmarks --benchmark-json`) lists rows in pytest-benchmark's
 layout; each row measured against nn.LSTM in the same run carries `extra_info.speedup_vs_nn_lstm` (the
 decoder step, measured against eager PyTorch, `speedup_vs_eager`).
 Absolute times move with the machine and its load; the ratio of two implementations timed interleaved
@@ -49,27 +49,46 @@ class Comparison:
         return not self.regressed and (allow_missing or not self.missing)
 
 
-def parse_fraction(text: str) -> float:
+def parse_fraction(text: str, option: str = "--max-slowdown") -> float:
     """'10%' or '0.1' -> 0.1; must lie in [0, 1)."""
-    t = text.strip()
+    t = str(text).strip()
     try:
         value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
-        raise ValueError(f"--max-slowdown must be a percentage like 10% or a fraction like 0.1, got {text!r}")
+        raise ValueError(f"{option} must be a percentage like 10% or a fraction like 0.1, got {text!r}") from None
     if not 0 <= value < 1:
-        raise ValueError(f"--max-slowdown must be in [0%, 100%), got {text!r}")
+        raise ValueError(f"{option} must be in [0%, 100%), got {text!r}")
     return value
 
 
 def load_report(path: Path) -> dict:
-    """A report's JSON; ValueError naming the file if it is not one."""
+    """A report's JSON; ValueError naming the file if it is missing or not one."""
     try:
         data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise ValueError(f"{path}: not a benchmark report (no 'benchmarks' list)")
+    for i, row in enumerate(data["benchmarks"]):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise ValueError(f"{path}: benchmark row {i} has no name")
     return data
+
+
+def check_comparable(baseline: dict, current: dict) -> None:
+    """ValueError when two reports come from different machine kinds or different grids: their ratios
+    cannot be compared (a baseline for this machine kind and grid is needed)."""
+    kinds = [r.get("machine_info", {}).get("machine_kind") for r in (baseline, current)]
+    if None not in kinds and kinds[0] != kinds[1]:
+        raise ValueError(f"the baseline was measured on {kinds[0]}, this run on {kinds[1]}: ratios differ "
+                         "between machine kinds, so compare against a baseline of this kind")
+    grids = [(r.get("settings") or {}).get("grid") for r in (baseline, current)]
+    if None not in grids and grids[0] != grids[1]:
+        raise ValueError(f"the baseline is of the {grids[0]!r} grid, this run of the {grids[1]!r} grid")
 
 
 def speedups(report: dict, metric: str = "median") -> dict[str, tuple[float, bool]]:
@@ -92,10 +111,6 @@ def compare(baseline: dict, current: dict, max_slowdown: float, metric: str = "m
     for name in sorted(set(base) & set(cur), key=list(base).index):
         row = Row(name, base[name][0], cur[name][0], base[name][1] and cur[name][1])
         (result.regressed if row.gated and row.change < -max_slowdown else result.passed).append(row)
-    kinds = [r.get("machine_info", {}).get("machine_kind") for r in (baseline, current)]
-    if None not in kinds and kinds[0] != kinds[1]:
-        result.warnings.append(f"the baseline was measured on {kinds[0]}, this run on {kinds[1]}: ratios "
-                               "differ between machine kinds, so compare against a baseline of this kind")
     return result
 
 
@@ -134,7 +149,9 @@ def run_compare(baseline: Path, current: Path, max_slowdown: str, allow_missing:
     """The `compare` command: prints the table and verdict; exit code 0 pass, 1 fail, 2 unreadable input."""
     try:
         limit = parse_fraction(max_slowdown)
-        c = compare(load_report(baseline), load_report(current), limit, metric)
+        base_report, current_report = load_report(baseline), load_report(current)
+        check_comparable(base_report, current_report)
+        c = compare(base_report, current_report, limit, metric)
     except (OSError, ValueError) as e:
         print(f"fused-s2s-bench compare: {e}")
         return 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -90,8 +90,9 @@ def default_dtypes(device: torch.device) -> list[str]:
     return ["float32"]
 
 
-def grid(name: str, dtypes: list[str]) -> list[Case]:
-    """The cases of grid `name` ('full', 'quick' or the test-sized 'smoke') in each of `dtypes`."""
+def grid(name: str, dtypes: list[str], reference: bool = True) -> list[Case]:
+    """The cases of grid `name` ('full', 'quick' or the test-sized 'smoke') in each of `dtypes`; with
+    `reference`, the small fp32 cases also time the plain-PyTorch reference."""
     if name == "full":
         shapes = [Case(b, t, h) for b, t, h in itertools.product((1, 16, 64), (50, 200), (256, 512, 1024))]
         # Stacks and directions, and variable lengths, at a middle batch (the product of every axis with
@@ -108,4 +109,16 @@ def grid(name: str, dtypes: list[str]) -> list[Case]:
     else:
         raise ValueError(f"grid must be one of {GRIDS}, got {name!r}")
     cases = _with_dtypes(_both_passes(shapes), dtypes)
-    return [Case(**{**asdict(c), "reference": _reference_ok(c) and c.dtype == "float32"}) for c in cases]
+    return [Case(**{**asdict(c), "reference": reference and _reference_ok(c) and c.dtype == "float32"})
+            for c in cases]
+
+
+def matches(case_id: str, pattern: Optional[str]) -> bool:
+    """True if the id contains every comma-separated part of pattern (case-insensitive); no pattern: True."""
+    parts = [p.strip().lower() for p in (pattern or "").split(",") if p.strip()]
+    return all(p in case_id.lower() for p in parts)
+
+
+def select(cases: list[Case], pattern: Optional[str]) -> list[Case]:
+    """Cases whose id contains every comma-separated part of pattern (case-insensitive)."""
+    return [c for c in cases if matches(c.id, pattern)]

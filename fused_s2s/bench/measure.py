@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from benchmarks.cases import NN_LSTM, REFERENCE, Case
-from benchmarks.timing import measure_interleaved, summarise
+from .cases import NN_LSTM, REFERENCE, Case
+from .timing import measure_interleaved, summarise
 from fused_s2s import FusedLSTM
 from fused_s2s.ops.lstm import resolve_backend
 

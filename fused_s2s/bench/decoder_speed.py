@@ -14,19 +14,19 @@ Two measurements, both interleaved (eager and fused samples taken in turn, media
   * alternating: single steps of the two decoders called in turn, so each evicts the other's weights from
     L3 and every step reads its weights from DRAM; the pessimistic bound, reported beside it.
 
-    python -m benchmarks.decoder_speed [--quick] [--json PATH] [--device cpu|cuda]
+    python -m fused_s2s.bench.decoder_speed [--quick] [--json PATH] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
-from benchmarks.environment import environment
-from benchmarks.timing import measure_interleaved, summarise
+from .environment import environment
+from .timing import measure_interleaved, summarise
 from fused_s2s import FusedDecoder
 from fused_s2s.nn.decoder import DecoderState
 
@@ -113,32 +113,41 @@ def _per_step(stats: dict, steps: int) -> dict:
     return {k: (v / steps if k != "n" else v) for k, v in stats.items()}
 
 
+def case_id(batch: int) -> str:
+    """The report's and the gate's id of the decoder-step case at one batch size."""
+    return f"greedy step B{batch} H{HIDDEN} E{EMBED} S{SOURCE} general float32"
+
+
 def run_cases(quick: bool = False, backend: str = "cpu", steps: int = STEPS,
-              device: torch.device = torch.device("cpu")) -> list[dict]:
+              device: torch.device = torch.device("cpu"), batches: tuple[int, ...] = BATCHES,
+              repeats: Optional[int] = None, budget: Optional[float] = None,
+              alternating: bool = True) -> list[dict]:
     """Measure every batch size. Each row: name, shape, backend, eager_ms / fused_ms (per step, from the
-    loop samples: median, p20, p80, n), speedup, max_diff, and alternating = the same for single steps."""
+    loop samples: median, p20, p80, n), speedup, max_diff, and (if `alternating`) alternating = the same for
+    single steps. repeats / budget: most loop samples and seconds of timed loops per batch size."""
     rows = []
-    repeats = 20 if quick else 100
-    budget = 2.0 if quick else 10.0
+    repeats = repeats or (20 if quick else 100)
+    budget = budget or (2.0 if quick else 10.0)
     with torch.no_grad():
-        for batch in BATCHES:
+        for batch in batches:
             fns = _case(batch, backend, steps, device)
             diff = fns["max_diff"]()
             t_eager, t_fused = measure_interleaved([fns["eager_loop"], fns["fused_loop"]], device,
                                                    warmup=3, repeats=repeats, budget_s=budget)
-            a_eager, a_fused = measure_interleaved([fns["eager_step"], fns["fused_step"]], device,
-                                                   warmup=10, repeats=repeats * 4, budget_s=budget / 2)
             se, sf = _per_step(_ms(summarise(t_eager)), steps), _per_step(_ms(summarise(t_fused)), steps)
-            ae, af = _ms(summarise(a_eager)), _ms(summarise(a_fused))
-            rows.append({
+            row = {
                 "name": f"decoder_step-B{batch}-H{HIDDEN}-E{EMBED}-S{SOURCE}-float32",
                 "shape": {"B": batch, "H": HIDDEN, "E": EMBED, "S": SOURCE, "M": HIDDEN, "layers": 1,
                           "attention": "general", "input_feeding": True, "steps": steps},
                 "backend": backend,
-                "eager_ms": se, "fused_ms": sf, "speedup": se["median"] / sf["median"],
-                "alternating": {"eager_ms": ae, "fused_ms": af, "speedup": ae["median"] / af["median"]},
-                "max_diff": diff,
-            })
+                "eager_ms": se, "fused_ms": sf, "speedup": se["median"] / sf["median"], "max_diff": diff,
+            }
+            if alternating:
+                a_eager, a_fused = measure_interleaved([fns["eager_step"], fns["fused_step"]], device,
+                                                       warmup=10, repeats=repeats * 4, budget_s=budget / 2)
+                ae, af = _ms(summarise(a_eager)), _ms(summarise(a_fused))
+                row["alternating"] = {"eager_ms": ae, "fused_ms": af, "speedup": ae["median"] / af["median"]}
+            rows.append(row)
     return rows
 
 

@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The A/B gate (ab.py) runs builds installed outside any checkout and names their commit through this variable.
+COMMIT_ENV = "FUSED_S2S_BENCH_COMMIT"
 
 
 def cpu_name() -> str:
@@ -26,11 +27,22 @@ def cpu_name() -> str:
 
 
 def git_commit() -> Optional[str]:
-    """HEAD of this repository, with '-dirty' if tracked files changed; None without git."""
+    """The commit of the fused_s2s being measured: $FUSED_S2S_BENCH_COMMIT if set (the A/B gate's builds),
+    else HEAD of the git checkout the imported package lives in (an editable install), with '-dirty' if
+    tracked files changed; None for an installed package outside a checkout."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    import fused_s2s
+
+    package_dir = Path(fused_s2s.__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package_dir, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        if not (Path(top) / "fused_s2s").resolve() == package_dir:
+            return None  # some other repository happens to hold the install
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=top,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -42,6 +54,12 @@ def _version(package: str) -> Optional[str]:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _package_path() -> str:
+    import fused_s2s
+
+    return str(Path(fused_s2s.__file__).resolve().parent)
 
 
 def machine_kind(device: torch.device) -> str:
@@ -67,6 +85,7 @@ def environment(device: torch.device) -> dict[str, object]:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "fused_s2s": _version("fused-s2s"),
+        "fused_s2s_path": _package_path(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -78,5 +97,6 @@ def environment(device: torch.device) -> dict[str, object]:
     }
 
 
-if __name__ == "__main__":  # `python -m benchmarks.environment`: the machine kind, to pick a baseline file
-    print(machine_kind(torch.device("cuda" if torch.cuda.is_available() else "cpu")))
+def default_device() -> torch.device:
+    """CUDA when a GPU is present, else the CPU: where the report runs."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

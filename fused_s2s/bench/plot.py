@@ -1,6 +1,6 @@
 """PNG plot of a report: speedup over nn.LSTM against shape, one panel per pass, one series per implementation.
 
-    python -m benchmarks.plot REPORT.json OUT.png
+    fused-s2s-bench plot REPORT.json OUT.png
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _label(row: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        sys.exit("usage: python -m benchmarks.plot REPORT.json OUT.png")
+        sys.exit("usage: fused-s2s-bench plot REPORT.json OUT.png")
     plot(json.loads(Path(argv[0]).read_text()), Path(argv[1]))
 
 
