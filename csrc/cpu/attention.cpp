@@ -185,6 +185,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const at::Tensor& values_in, const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& v_in,
     double scale, const at::Tensor& context_in, const at::Tensor& lse_in) {
   check_inputs(query_in, keys_in, values_in, lengths, v_in);
+  // The kernel indexes these by query's and values' sizes: a mismatch would read or write out of bounds.
+  // Owned storage: an IntArrayRef over a braced list would dangle once the statement ends.
+  const std::vector<int64_t> context_dims{query_in.size(0), query_in.size(1), values_in.size(2)};
+  const at::IntArrayRef context_size(context_dims);
+  TORCH_CHECK(d_context_in.sizes() == context_size && context_in.sizes() == context_size,
+              "attention_bwd: d_context and context must be ", context_size, ", got ", d_context_in.sizes(), " and ",
+              context_in.sizes());
+  TORCH_CHECK(lse_in.sizes() == context_size.slice(0, 2), "attention_bwd: lse must be ", context_size.slice(0, 2),
+              ", got ", lse_in.sizes());
+  for (const at::Tensor* t : {&d_context_in, &context_in, &lse_in})
+    TORCH_CHECK(t->scalar_type() == query_in.scalar_type() && t->device() == query_in.device(),
+                "attention_bwd: d_context, context and lse must match query's dtype and device (",
+                query_in.scalar_type(), ", ", query_in.device(), "), got ", t->scalar_type(), ", ", t->device());
   const at::Tensor query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
   const at::Tensor d_context = d_context_in.contiguous(), context = context_in.contiguous(), lse = lse_in.contiguous();
   const int64_t B = query.size(0), S = keys.size(1), D = query.size(2);

@@ -301,6 +301,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(dy.sizes() == at::IntArrayRef({T, B, P}) && gates.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
                   cells.sizes() == at::IntArrayRef({T, B, H}) && y.sizes() == dy.sizes(),
               "lstm_layer_bwd: saved tensors do not match the layer's shapes");
+  // The kernels write B x P and B x H rows of copies of these: a smaller tensor would be overrun.
+  TORCH_CHECK(dh_n.sizes() == at::IntArrayRef({B, P}), "lstm_layer_bwd: dh_n must be [", B, ", ", P, "], got ",
+              dh_n.sizes());
+  TORCH_CHECK(dc_n.sizes() == at::IntArrayRef({B, H}), "lstm_layer_bwd: dc_n must be [", B, ", ", H, "], got ",
+              dc_n.sizes());
+  for (const at::Tensor* t : {&dy_in, &dh_n, &dc_n, &y, &gates, &cells})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+                "lstm_layer_bwd: every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(),
+                "), got ", t->scalar_type(), ", ", t->device());
   // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
 
   at::Tensor dgates = empty_buffer({T, B, 4 * H}, x.options());
