@@ -3,8 +3,10 @@
 One step = LSTMCell (input feeding: input is [embedding; previous h̃]) + Luong general attention over the
 source (masked softmax) + combine h̃ = tanh(W_c [context; h]). Both sides hold the same weights. The eager
 side is written plainly; the fused side is the public API, `FusedDecoder.step` (one fused op call per step),
-with the attention keys computed once per source (`precompute_keys`, outside the timed loop, as a decoder
-does), under torch.no_grad(). On CPU tensors the fused step is the C++ op; on CUDA (`--device cuda`, and the
+under torch.no_grad(), in two variants: with the attention keys computed once per source by
+`precompute_keys` outside the timed loop, and as users call it, with no keys (the decoder computes them on
+the first step over each memory tensor; each loop sample decodes a different one of two sources, so every
+sample pays for its keys once, and the eager side decodes the same sources). On CPU tensors the fused step is the C++ op; on CUDA (`--device cuda`, and the
 report on a GPU) the Triton step, timed with CUDA events.
 
 Two measurements, both interleaved (eager and fused samples taken in turn, medians of the samples):
@@ -67,9 +69,12 @@ class EagerDecoderStep(nn.Module):
         return out, h, c, weights
 
 
-def _case(batch: int, backend: str, steps: int, device: torch.device) -> dict[str, Callable]:
+def _case(batch: int, backend: str, steps: int, device: torch.device, precomputed: bool = True
+          ) -> dict[str, Callable]:
     """Callables for one batch size: eager/fused loops of `steps` steps, eager/fused single steps, and
-    max_diff() = the largest |difference| of the two loops' final h̃ and attention weights."""
+    max_diff() = the largest |difference| of the two loops' final h̃ and attention weights. precomputed:
+    the fused side passes keys from precompute_keys; else none, and the loops alternate between two
+    sources (memories), so the fused decoder computes keys once per loop sample."""
     decoder = FusedDecoder(EMBED, HIDDEN, HIDDEN, attention="general", input_feeding=True,
                            backend=backend).to(device).eval()
     model = EagerDecoderStep.like(decoder).to(device)
@@ -82,19 +87,25 @@ def _case(batch: int, backend: str, steps: int, device: torch.device) -> dict[st
     lengths[0] = SOURCE
     lengths = lengths.to(device)
     pad_mask = torch.arange(SOURCE, device=device) >= lengths.unsqueeze(1)
-    keys = decoder.precompute_keys(memory)  # once per source
+    keys = decoder.precompute_keys(memory) if precomputed else None  # once per source
+    memories = [memory] if precomputed else [memory, r(batch, SOURCE, HIDDEN)]
+    samples = {"eager": 0, "fused": 0}  # loop samples taken by each side: picks the next source
     state0 = DecoderState(h0.unsqueeze(0), c0.unsqueeze(0), feed0)
 
+    def next_memory(side: str) -> torch.Tensor:
+        samples[side] += 1
+        return memories[(samples[side] - 1) % len(memories)]
+
     def eager_loop(n: int = steps):
-        h, c, feed = h0, c0, feed0
+        h, c, feed, mem = h0, c0, feed0, next_memory("eager")
         for t in range(n):
-            feed, h, c, weights = model(xs[t], feed, h, c, memory, pad_mask)
+            feed, h, c, weights = model(xs[t], feed, h, c, mem, pad_mask)
         return feed, weights
 
     def fused_loop(n: int = steps):
-        state = state0
+        state, mem = state0, next_memory("fused")
         for t in range(n):
-            out, state, weights = decoder.step(xs[t], state, memory, lengths, keys)
+            out, state, weights = decoder.step(xs[t], state, mem, lengths, keys)
         return out, weights
 
     def max_diff() -> float:
@@ -113,15 +124,15 @@ def _per_step(stats: dict, steps: int) -> dict:
     return {k: (v / steps if k != "n" else v) for k, v in stats.items()}
 
 
-def case_id(batch: int) -> str:
+def case_id(batch: int, precomputed: bool = True) -> str:
     """The report's and the gate's id of the decoder-step case at one batch size."""
-    return f"greedy step B{batch} H{HIDDEN} E{EMBED} S{SOURCE} general float32"
+    return f"greedy step B{batch} H{HIDDEN} E{EMBED} S{SOURCE} general{'' if precomputed else ' no-keys'} float32"
 
 
 def run_cases(quick: bool = False, backend: str = "cpu", steps: int = STEPS,
               device: torch.device = torch.device("cpu"), batches: tuple[int, ...] = BATCHES,
               repeats: Optional[int] = None, budget: Optional[float] = None,
-              alternating: bool = True) -> list[dict]:
+              alternating: bool = True, precomputed: bool = True) -> list[dict]:
     """Measure every batch size. Each row: name, shape, backend, eager_ms / fused_ms (per step, from the
     loop samples: median, p20, p80, n), speedup, max_diff, and (if `alternating`) alternating = the same for
     single steps. repeats / budget: most loop samples and seconds of timed loops per batch size."""
@@ -130,15 +141,16 @@ def run_cases(quick: bool = False, backend: str = "cpu", steps: int = STEPS,
     budget = budget or (2.0 if quick else 10.0)
     with torch.no_grad():
         for batch in batches:
-            fns = _case(batch, backend, steps, device)
+            fns = _case(batch, backend, steps, device, precomputed)
             diff = fns["max_diff"]()
             t_eager, t_fused = measure_interleaved([fns["eager_loop"], fns["fused_loop"]], device,
                                                    warmup=3, repeats=repeats, budget_s=budget)
             se, sf = _per_step(_ms(summarise(t_eager)), steps), _per_step(_ms(summarise(t_fused)), steps)
             row = {
-                "name": f"decoder_step-B{batch}-H{HIDDEN}-E{EMBED}-S{SOURCE}-float32",
+                "name": f"decoder_step-B{batch}-H{HIDDEN}-E{EMBED}-S{SOURCE}{'' if precomputed else '-nokeys'}-float32",
                 "shape": {"B": batch, "H": HIDDEN, "E": EMBED, "S": SOURCE, "M": HIDDEN, "layers": 1,
-                          "attention": "general", "input_feeding": True, "steps": steps},
+                          "attention": "general", "input_feeding": True, "steps": steps,
+                          "precomputed_keys": precomputed},
                 "backend": backend,
                 "eager_ms": se, "fused_ms": sf, "speedup": se["median"] / sf["median"], "max_diff": diff,
             }
@@ -173,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     backend = args.backend or ("cpu" if device.type == "cpu" else "triton")
-    rows = run_cases(quick=args.quick, backend=backend, steps=args.steps, device=device)
+    rows = [row for precomputed in (True, False)
+            for row in run_cases(quick=args.quick, backend=backend, steps=args.steps, device=device,
+                                 precomputed=precomputed)]
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -76,32 +76,34 @@ def markdown_table(rows: list[dict], cuda: bool) -> str:
 
 def decoder_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
     """The greedy decoder step (decoder_speed.py: FusedDecoder.step vs eager PyTorch on this device: the C++
-    step on the CPU, the Triton step on CUDA) as rows of this report: per batch size whose id matches
-    `pattern`, an 'eager' row and a 'fused-<backend>' row with speedup_vs_eager."""
-    batches = tuple(b for b in decoder_speed.BATCHES if matches(decoder_speed.case_id(b), args.cases))
-    if args.grid == "smoke":
-        batches = batches[:1]
-    if not batches:
-        return []
+    step on the CPU, the Triton step on CUDA) as rows of this report: per batch size and variant (keys
+    precomputed, or none passed) whose id matches --cases, an 'eager' row and a 'fused-<backend>' row with
+    speedup_vs_eager."""
     backend = "cpu" if device.type == "cpu" else "triton"
-    if backend == "triton" and triton_unavailable_reason(device) is not None:
-        print(f"decoder step rows skipped: {triton_unavailable_reason(device)}")
-        return []
     rows = []
-    # A loop sample is 16 steps: the decoder gets more samples than an LSTM case has rounds (B1 samples take
-    # a few ms), within the same time budget.
-    for r in decoder_speed.run_cases(backend=backend, device=device, batches=batches, repeats=args.repeats * 4,
-                                     budget=args.budget, alternating=False):
-        shape = r["shape"]
-        group = decoder_speed.case_id(shape["B"])
-        params = {**shape, "backward": False, "dtype": "float32", "op": "decoder_step"}
-        for impl, t in (("eager", r["eager_ms"]), (f"fused-{r['backend']}", r["fused_ms"])):
-            extra: dict[str, object] = {"impl": impl, "backend": r["backend"] if impl != "eager" else "eager"}
-            if impl != "eager":
-                extra.update(speedup_vs_eager=r["speedup"], max_abs_diff_vs_eager=r["max_diff"], gate=True)
-            rows.append({"group": group, "name": f"{impl} {group}", "params": {**params, "impl": impl},
-                         "stats": {"median": t["median"] / 1e3, "p20": t["p20"] / 1e3, "p80": t["p80"] / 1e3,
-                                   "rounds": t["n"]}, "extra_info": extra})
+    for precomputed in (True, False):
+        batches = tuple(b for b in decoder_speed.BATCHES if matches(decoder_speed.case_id(b, precomputed), args.cases))
+        if args.grid == "smoke":
+            batches = batches[:1]
+        if not batches:
+            continue
+        if backend == "triton" and triton_unavailable_reason(device) is not None:
+            print(f"decoder step rows skipped: {triton_unavailable_reason(device)}")
+            return []
+        # A loop sample is 16 steps: the decoder gets more samples than an LSTM case has rounds (B1 samples
+        # take a few ms), within the same time budget.
+        for r in decoder_speed.run_cases(backend=backend, device=device, batches=batches, repeats=args.repeats * 4,
+                                         budget=args.budget, alternating=False, precomputed=precomputed):
+            shape = r["shape"]
+            group = decoder_speed.case_id(shape["B"], precomputed)
+            params = {**shape, "backward": False, "dtype": "float32", "op": "decoder_step"}
+            for impl, t in (("eager", r["eager_ms"]), (f"fused-{r['backend']}", r["fused_ms"])):
+                extra: dict[str, object] = {"impl": impl, "backend": r["backend"] if impl != "eager" else "eager"}
+                if impl != "eager":
+                    extra.update(speedup_vs_eager=r["speedup"], max_abs_diff_vs_eager=r["max_diff"], gate=True)
+                rows.append({"group": group, "name": f"{impl} {group}", "params": {**params, "impl": impl},
+                             "stats": {"median": t["median"] / 1e3, "p20": t["p20"] / 1e3, "p80": t["p80"] / 1e3,
+                                       "rounds": t["n"]}, "extra_info": extra})
     return rows
 
 
@@ -130,7 +132,7 @@ def run_grid(args: argparse.Namespace, progress: bool = True, keep_going: bool =
     device = default_device()
     dtypes = args.dtypes.split(",") if args.dtypes else default_dtypes(device)
     cases = select(grid(args.grid, dtypes, reference=not args.no_reference), args.cases)
-    decoder_ids = [decoder_speed.case_id(b) for b in decoder_speed.BATCHES]
+    decoder_ids = [decoder_speed.case_id(b, p) for b in decoder_speed.BATCHES for p in (True, False)]
     if not cases and not any(matches(i, args.cases) for i in decoder_ids):
         raise SystemExit(f"no benchmark case matches {args.cases!r}")
     env = environment(device)

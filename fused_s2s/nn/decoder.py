@@ -12,6 +12,7 @@ fused op fused_s2s::decoder_step (fused_s2s.ops.decoder_step), else the differen
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -56,6 +57,18 @@ class DecoderState:
     @property
     def batch_size(self) -> int:
         return self.h.shape[1]
+
+
+class _KeysCache:
+    """(weakref to a memory tensor, its _version, the weights' versions, its AttentionKeys) or None. The
+    weakref keeps no memory alive; a copied or pickled decoder (deepcopy, torch.save) starts empty, since a
+    weakref cannot be copied."""
+
+    def __init__(self) -> None:
+        self.entry = None
+
+    def __reduce__(self):
+        return (_KeysCache, ())
 
 
 class _AttentionParams(nn.Module):
@@ -138,6 +151,7 @@ class FusedDecoder(nn.Module):
                 raise ValueError("bridge='linear' needs encoder_hidden_size (the encoder's hidden_size)")
             self.bridge = Bridge(encoder_directions * encoder_hidden_size, hidden_size, **factory)
         self._prepared = None  # (parameter versions, DecoderStepWeights) cache for the fused step
+        self._keys_cache = _KeysCache()  # keys of the last memory stepped over without keys= (_keys_for)
         self._checked_lengths = None  # (memory_lengths, its version, S) last found in range
 
     # ---------------------------------------------------------------------------------------------- weights
@@ -162,6 +176,24 @@ class FusedDecoder(nn.Module):
     def precompute_keys(self, memory: Tensor):
         """Per-source attention keys for step(keys=...) on the fused path (compute once per memory)."""
         return attention_keys(self.attention, self.attn.params(), memory)
+
+    def _keys_for(self, memory: Tensor):
+        """The keys of `memory` for a step called without keys=: computed on the first step over a memory
+        tensor and reused while the same tensor comes back unmodified (its _version) under the same weights,
+        so a decoding loop that never calls precompute_keys still computes them once per source. Call after
+        _fused_weights(), whose key names the weights' versions. A reordered or copied memory (a beam search
+        that index_selects memory every step) is a new tensor and gets new keys."""
+        if torch.compiler.is_compiling() or memory.is_inference():
+            # A traced graph keeps no cache, and an inference tensor has no version counter to tell an in-place
+            # change: the op computes the keys, every step.
+            return None
+        weights = self._prepared[0] if self._prepared is not None else None
+        cached = self._keys_cache.entry
+        if cached is not None and cached[0]() is memory and cached[1] == memory._version and cached[2] == weights:
+            return cached[3]
+        keys = self.precompute_keys(memory)
+        self._keys_cache.entry = (weakref.ref(memory), memory._version, weights, keys)
+        return keys
 
     # ---------------------------------------------------------------------------------------------- checks
 
@@ -297,8 +329,9 @@ class FusedDecoder(nn.Module):
         """One decoding step -> (h̃ [B, H], new state, attention weights [B, S]).
 
         A None state starts from zeros (h, c and the input feed), as nn.LSTMCell does without a state.
-        Under no grad (and no training-time dropout) this is one fused op call; `keys` from
-        precompute_keys(memory) saves recomputing the attention keys every step.
+        Under no grad (and no training-time dropout) this is one fused op call. Without `keys` (from
+        precompute_keys(memory)) the keys are computed on the first step over a memory tensor and reused
+        while the same, unmodified tensor comes back (see _keys_for).
         """
         self._check_input(input_t, 2)
         B = input_t.shape[0]
@@ -310,9 +343,11 @@ class FusedDecoder(nn.Module):
         dropout_active = self.dropout > 0 and self.training and self.num_layers > 1
         if dropout_active or self._needs_graph(input_t, state.h, state.c, state.feed, memory):
             return self._step_composed(input_t, state, memory, memory_lengths)
+        weights = self._fused_weights()
+        if keys is None:
+            keys = self._keys_for(memory)
         out, h, c, attn = fused_decoder_step(input_t, state.feed if self.input_feeding else None, state.h,
-                                                state.c, self._fused_weights(), memory, memory_lengths, keys,
-                                                backend=self.backend)
+                                                state.c, weights, memory, memory_lengths, keys, backend=self.backend)
         return out, DecoderState(h, c, out if self.input_feeding else None), attn
 
     def forward(self, inputs: Tensor, memory: Tensor, memory_lengths: Optional[Tensor] = None,
