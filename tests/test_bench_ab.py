@@ -111,6 +111,7 @@ def run_ab(capsys, *args: str) -> tuple[int, str, str]:
     (lambda r, t: ["--baseline", str(t / "bad.json"), "--head", "HEAD"], "not valid JSON"),
     (lambda r, t: ["--baseline", str(t / "nocommit.json"), "--head", "HEAD"], "records no commit"),
     (lambda r, t: ["--baseline", str(t / "full.json"), "--head", "HEAD", "--quick"], "'full' grid"),
+    (lambda r, t: ["--baseline", str(t / "other.json"), "--head", "HEAD", "--quick"], "another machine kind"),
     (lambda r, t: ["--base", "HEAD", "--head", "HEAD", "--pairs", "4"], "--pairs must be at least 5"),
     (lambda r, t: ["--base-lib", str(t), "--head-lib", str(t)], "holds no installed fused_s2s"),
 ])
@@ -119,6 +120,9 @@ def test_bad_input_is_one_line_and_exit_2(repo, tmp_path, capsys, make_args, mes
     (tmp_path / "nocommit.json").write_text(json.dumps({"benchmarks": [], "settings": {"grid": "quick"}}))
     (tmp_path / "full.json").write_text(json.dumps({"benchmarks": [], "settings": {"grid": "full"},
                                                     "commit_info": {"id": resolve(repo, "HEAD~1")}}))
+    (tmp_path / "other.json").write_text(json.dumps({"benchmarks": [], "settings": {"grid": "quick"},
+                                                     "machine_info": {"machine_kind": "cpu-elsewhere-1t"},
+                                                     "commit_info": {"id": resolve(repo, "HEAD~1")}}))
     code, out, err = run_ab(capsys, *make_args(repo, tmp_path), "--repo", str(repo), "--cache",
                             str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--no-progress")
     assert code == 2

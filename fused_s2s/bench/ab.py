@@ -136,6 +136,12 @@ def _recorded_commit(path: Path, args: argparse.Namespace) -> str:
     grid = (report.get("settings") or {}).get("grid")
     if grid is not None and grid != args.grid:
         raise GateError(f"{path} is a baseline of the {grid!r} grid, this run measures the {args.grid!r} grid")
+    from .environment import default_device, machine_kind
+
+    kind, here = (report.get("machine_info") or {}).get("machine_kind"), machine_kind(default_device())
+    if kind is not None and kind != here:
+        raise GateError(f"{path} is a baseline of another machine kind ({kind}; this is {here}): use "
+                        f"benchmarks/baselines/{here}-quick.json, or --base REV")
     return commit.removesuffix("-dirty")
 
 
