@@ -146,12 +146,15 @@ def install_copy(dest: Path, broken_decoder: bool = False) -> Path:
     return dest
 
 
-def test_end_to_end_two_installs_of_the_same_code(tmp_path, capsys):
+def test_end_to_end_two_installs_of_the_same_code(tmp_path, capsys, monkeypatch):
     base, head = install_copy(tmp_path / "a"), install_copy(tmp_path / "b", broken_decoder=True)
     out_dir = tmp_path / "out"
+    # A relative --out, as .ci/run passes it: the workers run in another folder, so the gate must hand them
+    # absolute paths (a relative one once sent their reports into a temporary folder and crashed the gate).
+    monkeypatch.chdir(tmp_path)
     code, out, err = run_ab(capsys, "--base-lib", str(base), "--head-lib", str(head), "--grid", "smoke",
                             "--cases", "fwd B2", "--pairs", "5",
-                            "--out", str(out_dir), "--no-progress")
+                            "--out", "out", "--no-progress")
     assert code == 0, out + err
     summary = json.loads((out_dir / "ab.json").read_text())
     assert summary["pairs"] == 5 and summary["grid"] == "smoke"

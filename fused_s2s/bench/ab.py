@@ -171,6 +171,8 @@ def run_processes(base: Side, head: Side, args: argparse.Namespace) -> dict[str,
     """2 × pairs worker processes, interleaved; each side's reports in the order they ran."""
     from tqdm import tqdm
 
+    # Absolute: the workers run in a temporary folder, where a relative path would point elsewhere.
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     reports: dict[str, list[dict]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="fused_s2s_ab_") as tmp:
@@ -191,7 +193,11 @@ def run_processes(base: Side, head: Side, args: argparse.Namespace) -> dict[str,
                 last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-1:] or ["?"]
                 raise GateError(f"the {side.label} process of pair {i + 1} failed (exit {done.returncode}): "
                                 f"{last[0].strip()} (log {args.out / f'{side.label}-{i + 1}.log'})")
-            reports[side.label].append(json.loads(path.read_text()))
+            try:
+                reports[side.label].append(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                raise GateError(f"the {side.label} process of pair {i + 1} left no readable report at {path} "
+                                f"({e}; log {args.out / f'{side.label}-{i + 1}.log'})") from None
     return reports
 
 
