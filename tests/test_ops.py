@@ -202,7 +202,9 @@ def test_backend_errors():
 
 # Each subprocess runs the same fixed cases and prints, for the worst output or gradient, the ratio of the
 # backend's error to the fp32 reference's own error, both measured against the float64 reference
-# (DESIGN.md §5: |fused − ref64| ≤ 2·|torch_fp32 − ref64| + floor).
+# (DESIGN.md §5: |fused − ref64| ≤ 2·|torch_fp32 − ref64| + floor, with fp32's floor of 1e-5 relative). The
+# floor was 1e-6 (8 ulps) until a one-thread run on an Intel Xeon with AMX failed it at 1.4x: there MKL's
+# fp32 reference came out 3e-6 from fp64, ours 1.2e-5 (H260, T6, K=297 products accumulated in order).
 _SUBPROCESS_CASE = textwrap.dedent("""
     import torch
     from fused_s2s.ops.lstm import lstm_layer, resolve_backend
@@ -225,7 +227,7 @@ _SUBPROCESS_CASE = textwrap.dedent("""
         for got, want32, want64 in zip(results(lstm_layer, args), results(ref, args), results(ref, args64)):
             err = float((got.double() - want64).abs().max())
             own = float((want32.double() - want64).abs().max())
-            worst = max(worst, err / (2 * own + 1e-6 * (1 + float(want64.abs().max()))))
+            worst = max(worst, err / (2 * own + 1e-5 * (1 + float(want64.abs().max()))))
     print(resolve_backend("auto", torch.device("cpu")), worst)
 """)
 
