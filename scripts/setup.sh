@@ -20,7 +20,7 @@ fi
 
 # 2. Build and test tools (pip skips what is already installed). CMake >= 3.24 is needed: use the system's
 #    if it is recent enough, else the PyPI package.
-"${PIP[@]}" scikit-build-core pybind11 ninja pytest pytest-benchmark
+"${PIP[@]}" scikit-build-core pybind11 ninja pytest pytest-benchmark hypothesis
 # Triton (the GPU kernels; on this CPU they run under TRITON_INTERPRET=1 and are compiled ahead of time for
 # sm_80/sm_90), matplotlib (the report's plot), tqdm (progress over benchmark cases) and scipy (the A/B
 # gate's bootstrap interval and rank test).
