@@ -18,64 +18,11 @@
 #include <vector>
 
 #include "gemm.h"
+#include "layer_common.h"
 #include "lstm_kernels.h"
 
 namespace fused_s2s::cpu {
 namespace {
-
-// Up to this many rows the step-by-step path (projection layers, FUSED_S2S_FUSED_RECURRENCE=0) uses
-// small_gemm: a GEMM library's per-call cost (~10 µs) is larger than the arithmetic of a few rows.
-// FUSED_S2S_SMALL_BATCH overrides it (for A/B measurements).
-int64_t small_batch_limit() {
-  static const int64_t limit = [] {
-    const char* env = std::getenv("FUSED_S2S_SMALL_BATCH");
-    return env != nullptr ? std::atoll(env) : int64_t{8};
-  }();
-  return limit;
-}
-
-// Every buffer the kernels fill is allocated here. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it
-// starts as NaN, so an element that a kernel forgets to write shows up in the results instead of passing
-// by luck with whatever memory held.
-at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  static const bool poison = [] {
-    const char* env = std::getenv("FUSED_S2S_POISON_BUFFERS");
-    return env != nullptr && std::strcmp(env, "1") == 0;
-  }();
-  at::Tensor t = at::empty(sizes, options);
-  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
-
-// A weight w [N, K] used by every step, packed once per call: into small_gemm's panels for small batches,
-// into oneDNN's layout otherwise.
-struct StepWeight {
-  int64_t N, K;
-  at::Tensor packed;
-  StepWeight(const at::Tensor& w, int64_t rows) : N(w.size(0)), K(w.size(1)) {
-    if (rows > small_batch_limit()) {
-      packed = pack_weight(w.contiguous(), rows);
-      return;
-    }
-    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fused_s2s_small_gemm_pack", [&] {
-      const int64_t width = small_gemm_panel_width<scalar_t>();
-      packed = empty_buffer({(N + width - 1) / width, K, width}, w.options());
-      small_gemm_pack<scalar_t>({w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), packed.data_ptr<scalar_t>(), N, K});
-    });
-  }
-};
-
-// rows·wᵀ for the recurrent step, into a [B, N] tensor.
-at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
-  const int64_t B = rows.size(0);
-  if (B > small_batch_limit()) return fast_linear(rows, w.packed);
-  at::Tensor out = empty_buffer({B, w.N}, rows.options());
-  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fused_s2s_small_gemm", [&] {
-    small_gemm<scalar_t>(
-        {rows.data_ptr<scalar_t>(), w.packed.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, w.N, w.K});
-  });
-  return out;
-}
 
 // The fused recurrence (lstm_recurrence.cpp) runs layers without projection; FUSED_S2S_FUSED_RECURRENCE=0
 // selects the step-by-step path (GEMM library + pointwise pass) instead, for comparison.
@@ -97,37 +44,6 @@ at::Tensor gate_panels(const at::Tensor& w_hh) {
       {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
   return panels;
 }
-
-// The lengths as contiguous int64 on the CPU, where the kernels read them (nullptr: every row has T steps).
-struct CpuLengths {
-  at::Tensor values;
-  explicit CpuLengths(const std::optional<at::Tensor>& lengths)
-      : values(lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor()) {}
-  const int64_t* data() const { return values.defined() ? values.data_ptr<int64_t>() : nullptr; }
-};
-
-// Per-step activity of each sequence, from the lengths tensor.
-struct ActiveRows {
-  std::vector<int64_t> lengths;  // empty: every sequence has every step
-  std::vector<uint8_t> mask;
-
-  ActiveRows(const std::optional<at::Tensor>& lengths_opt, int64_t B) {
-    if (!lengths_opt.has_value()) return;
-    at::Tensor l = lengths_opt->to(at::kCPU, at::kLong).contiguous();
-    lengths.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + B);
-    mask.resize(B);
-  }
-  // The mask for step t, or nullptr when every row is active at t.
-  const uint8_t* at_step(int64_t t) {
-    if (lengths.empty()) return nullptr;
-    bool all = true;
-    for (size_t b = 0; b < lengths.size(); ++b) {
-      mask[b] = t < lengths[b];
-      all = all && mask[b];
-    }
-    return all ? nullptr : mask.data();
-  }
-};
 
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
                   const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,

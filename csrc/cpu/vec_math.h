@@ -2,7 +2,10 @@
 // here differ per CPU_CAPABILITY).
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
 
 #include <cmath>
 #include <cstdint>
@@ -55,6 +58,24 @@ constexpr int kColVecs = 4;
 template <typename scalar_t>
 constexpr int64_t panel_width() {
   return kColVecs * Vectorized<scalar_t>::size();
+}
+
+// Units are split into blocks so that a batch of one still spreads over both cores when H is large, and
+// small steps stay on one thread (a parallel region costs a few microseconds).
+constexpr int64_t kUnitBlock = 256;
+constexpr int64_t kMinUnitsPerThread = 8192;
+
+template <typename F>
+void for_each_unit_block(int64_t B, int64_t H, const F& body) {
+  const int64_t blocks_per_row = (H + kUnitBlock - 1) / kUnitBlock;
+  const int64_t grain = std::max<int64_t>(1, kMinUnitsPerThread / std::min(H, kUnitBlock));
+  at::parallel_for(0, B * blocks_per_row, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b = blk / blocks_per_row;
+      const int64_t j0 = (blk % blocks_per_row) * kUnitBlock;
+      body(b, j0, std::min(H, j0 + kUnitBlock));
+    }
+  });
 }
 
 }  // namespace fused_s2s::cpu::CPU_CAPABILITY

@@ -1,0 +1,54 @@
+// Definitions of layer_common.h's shared helpers.
+#include "layer_common.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "gemm.h"
+#include "lstm_kernels.h"
+
+namespace fused_s2s::cpu {
+
+int64_t small_batch_limit() {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("FUSED_S2S_SMALL_BATCH");
+    return env != nullptr ? std::atoll(env) : int64_t{8};
+  }();
+  return limit;
+}
+
+at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  static const bool poison = [] {
+    const char* env = std::getenv("FUSED_S2S_POISON_BUFFERS");
+    return env != nullptr && std::strcmp(env, "1") == 0;
+  }();
+  at::Tensor t = at::empty(sizes, options);
+  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+StepWeight::StepWeight(const at::Tensor& w, int64_t rows) : N(w.size(0)), K(w.size(1)) {
+  if (rows > small_batch_limit()) {
+    packed = pack_weight(w.contiguous(), rows);
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fused_s2s_small_gemm_pack", [&] {
+    const int64_t width = small_gemm_panel_width<scalar_t>();
+    packed = empty_buffer({(N + width - 1) / width, K, width}, w.options());
+    small_gemm_pack<scalar_t>({w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), packed.data_ptr<scalar_t>(), N, K});
+  });
+}
+
+at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
+  const int64_t B = rows.size(0);
+  if (B > small_batch_limit()) return fast_linear(rows, w.packed);
+  at::Tensor out = empty_buffer({B, w.N}, rows.options());
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fused_s2s_small_gemm", [&] {
+    small_gemm<scalar_t>(
+        {rows.data_ptr<scalar_t>(), w.packed.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, w.N, w.K});
+  });
+  return out;
+}
+
+}  // namespace fused_s2s::cpu

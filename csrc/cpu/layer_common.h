@@ -1,0 +1,63 @@
+// What every recurrent layer driver on the CPU shares (lstm_layer.cpp, cell_layer.cpp): buffers the kernels
+// fill, the per-step recurrent GEMM with its weight packed once per call, and the lengths as row masks.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace fused_s2s::cpu {
+
+// Up to this many rows the step-by-step path uses small_gemm (lstm_kernels.cpp): a GEMM library's per-call
+// cost (~10 µs) is larger than the arithmetic of a few rows. FUSED_S2S_SMALL_BATCH overrides it.
+int64_t small_batch_limit();
+
+// A new tensor for a kernel to fill. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it starts as NaN,
+// so an element that a kernel forgets to write shows up in the results instead of passing by luck.
+at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// A weight w [N, K] used by every step, packed once per call: into small_gemm's panels for small batches,
+// into oneDNN's layout otherwise.
+struct StepWeight {
+  int64_t N, K;
+  at::Tensor packed;
+  StepWeight(const at::Tensor& w, int64_t rows);
+};
+
+// rows·wᵀ for the recurrent step, into a new [B, N] tensor.
+at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w);
+
+// The lengths as contiguous int64 on the CPU, where the kernels read them (nullptr: every row has T steps).
+struct CpuLengths {
+  at::Tensor values;
+  explicit CpuLengths(const std::optional<at::Tensor>& lengths)
+      : values(lengths.has_value() ? lengths->to(at::kCPU, at::kLong).contiguous() : at::Tensor()) {}
+  const int64_t* data() const { return values.defined() ? values.data_ptr<int64_t>() : nullptr; }
+};
+
+// Per-step activity of each sequence, from the lengths tensor.
+struct ActiveRows {
+  std::vector<int64_t> lengths;  // empty: every sequence has every step
+  std::vector<uint8_t> mask;
+
+  ActiveRows(const std::optional<at::Tensor>& lengths_opt, int64_t B) {
+    if (!lengths_opt.has_value()) return;
+    at::Tensor l = lengths_opt->to(at::kCPU, at::kLong).contiguous();
+    lengths.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + B);
+    mask.resize(B);
+  }
+  // The mask for step t, or nullptr when every row is active at t.
+  const uint8_t* at_step(int64_t t) {
+    if (lengths.empty()) return nullptr;
+    bool all = true;
+    for (size_t b = 0; b < lengths.size(); ++b) {
+      mask[b] = t < lengths[b];
+      all = all && mask[b];
+    }
+    return all ? nullptr : mask.data();
+  }
+};
+
+}  // namespace fused_s2s::cpu
