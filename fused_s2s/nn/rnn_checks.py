@@ -1,9 +1,11 @@
-"""Argument checks of FusedLSTM, in nn.LSTM's words where nn.LSTM has words for the error.
+"""Argument checks of FusedLSTM, FusedGRU and FusedRNN, in nn.LSTM's / nn.GRU's / nn.RNN's words where those
+have words for the error.
 
-Kept apart from fused_s2s/nn/lstm.py so the module reads as the computation. Every message that nn.LSTM
-also raises is copied from torch/nn/modules/rnn.py (torch 2.13) and tested against nn.LSTM's own str(e) in
-tests/test_bad_input.py; the rest (lengths, devices, hx dtype, PackedSequence hx) are ours and name the bad
-value.
+Kept apart from fused_s2s/nn/recurrent.py so the modules read as the computation. Every message that the
+torch modules also raise is copied from torch/nn/modules/rnn.py (torch 2.13) and tested against their own
+str(e) in tests/test_bad_input.py and tests/test_cells.py; the rest (lengths, devices, hx dtype,
+PackedSequence hx) are ours and name the bad value. `mode` is nn.RNNBase's: "LSTM", "GRU", "RNN_TANH" or
+"RNN_RELU".
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def check_constructor_args(input_size, hidden_size, num_layers, bias, batch_firs
         warnings.warn(
             "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
             f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-            stacklevel=3,
+            stacklevel=4,  # check_constructor_args <- FusedRecurrentBase <- the module <- the caller
         )
     if not isinstance(bias, bool):
         raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
@@ -45,7 +47,19 @@ def check_constructor_args(input_size, hidden_size, num_layers, bias, batch_firs
         raise ValueError("proj_size has to be smaller than hidden_size")
 
 
-def check_input(input: Tensor, weight: Tensor, input_size: int, expected_dim: int) -> None:
+def module_name(mode: str) -> str:
+    """"LSTM", "GRU" or "RNN": how the torch module names itself in its messages."""
+    return "RNN" if mode.startswith("RNN") else mode
+
+
+def check_input_dims(input: Tensor, mode: str) -> None:
+    """The forward's first check: 2-D (unbatched) or 3-D input, in the torch module's words."""
+    if input.dim() not in (2, 3):
+        tensor = " tensor" if module_name(mode) == "RNN" else ""  # nn.RNN's message says "3D tensor instead"
+        raise ValueError(f"{module_name(mode)}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead")
+
+
+def check_input(input: Tensor, weight: Tensor, input_size: int, expected_dim: int, mode: str = "LSTM") -> None:
     """nn.RNNBase.check_input (dtype, number of dims, feature size), plus a device check of ours."""
     if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
         raise ValueError(
@@ -60,32 +74,35 @@ def check_input(input: Tensor, weight: Tensor, input_size: int, expected_dim: in
         )
     if input.device != weight.device:
         raise RuntimeError(
-            f"Expected input and the LSTM's parameters on the same device, but input is on {input.device} "
+            f"Expected input and the {module_name(mode)}'s parameters on the same device, but input is on {input.device} "
             f"and the parameters are on {weight.device}. Move the input with input.to({str(weight.device)!r}) "
             f"or the model with model.to({str(input.device)!r})"
         )
 
 
-def check_hx_dims(hx: tuple[Tensor, Tensor], is_batched: bool, packed: bool = False) -> None:
-    """nn.LSTM.forward's hx/cx dimension check (ours for PackedSequence, where nn.LSTM has none)."""
+def check_hx_dims(hx: tuple[Tensor, ...], is_batched: bool, packed: bool = False) -> None:
+    """The forward's state dimension check: nn.LSTM's for (hx, cx), nn.GRU's / nn.RNN's for (hx,) (ours for
+    PackedSequence, where the torch modules have none)."""
     want = 3 if is_batched else 2
-    if hx[0].dim() != want or hx[1].dim() != want:
+    if any(t.dim() != want for t in hx):
         if packed:
             kind = "PackedSequence input"
         else:
             kind = "batched 3-D input" if is_batched else "unbatched 2-D input"
+        if len(hx) == 1:
+            raise RuntimeError(f"For {kind}, hx should also be {want}-D but got {hx[0].dim()}-D tensor")
         raise RuntimeError(
             f"For {kind}, hx and cx should also be {want}-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
         )
 
 
-def check_hidden(hx: tuple[Tensor, Tensor], input: Tensor, expected_h: tuple[int, int, int],
-                 expected_c: tuple[int, int, int]) -> None:
-    """nn.LSTM.check_forward_args' state shape checks, then dtype/device checks of ours."""
-    if hx[0].size() != expected_h:
-        raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(hx[0].size())}")
-    if hx[1].size() != expected_c:
-        raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
+def check_hidden(hx: tuple[Tensor, ...], input: Tensor, expected: tuple[tuple[int, int, int], ...]) -> None:
+    """check_forward_args' state shape checks (nn.LSTM: hidden[0] and hidden[1]; nn.GRU / nn.RNN: hidden),
+    then dtype/device checks of ours."""
+    for i, (t, shape) in enumerate(zip(hx, expected)):
+        if t.size() != shape:
+            which = f"hidden[{i}]" if len(hx) > 1 else "hidden"
+            raise RuntimeError(f"Expected {which} size {shape}, got {list(t.size())}")
     for i, t in enumerate(hx):
         if t.dtype != input.dtype:
             raise RuntimeError(f"Expected hidden[{i}] to have the input's dtype {input.dtype}, got {t.dtype}")
@@ -128,8 +145,10 @@ def check_lengths(lengths, batch: int, steps: int) -> Tensor:
 
 
 def expected_state_sizes(num_layers: int, num_directions: int, batch: int, hidden_size: int,
-                         proj_size: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(h0 shape, c0 shape) as nn.LSTM's get_expected_hidden_size / get_expected_cell_size."""
+                         proj_size: int, has_cell: bool = True) -> tuple[tuple[int, int, int], ...]:
+    """(h0 shape, c0 shape) as nn.LSTM's get_expected_hidden_size / get_expected_cell_size; (h0 shape,) for a
+    cell without a cell state (GRU, RNN)."""
     h_out = proj_size if proj_size > 0 else hidden_size
-    return (num_layers * num_directions, batch, h_out), (num_layers * num_directions, batch, hidden_size)
+    h = (num_layers * num_directions, batch, h_out)
+    return (h, (num_layers * num_directions, batch, hidden_size)) if has_cell else (h,)
 

@@ -1,0 +1,25 @@
+// Picks the capability build of the GRU/RNN per-step kernels (cell_kernels.cpp) that matches this CPU.
+#include "capability.h"
+#include "cell_kernels.h"
+
+namespace fused_s2s::cpu {
+
+template <typename scalar_t>
+void gru_fwd_pointwise(const GruFwdArgs<scalar_t>& a) { FS2S_DISPATCH(gru_fwd_pointwise, a) }
+template <typename scalar_t>
+void gru_bwd_pointwise(const GruBwdArgs<scalar_t>& a) { FS2S_DISPATCH(gru_bwd_pointwise, a) }
+template <typename scalar_t>
+void rnn_fwd_pointwise(const RnnFwdArgs<scalar_t>& a) { FS2S_DISPATCH(rnn_fwd_pointwise, a) }
+template <typename scalar_t>
+void rnn_bwd_pointwise(const RnnBwdArgs<scalar_t>& a) { FS2S_DISPATCH(rnn_bwd_pointwise, a) }
+
+template void gru_fwd_pointwise<float>(const GruFwdArgs<float>&);
+template void gru_fwd_pointwise<double>(const GruFwdArgs<double>&);
+template void gru_bwd_pointwise<float>(const GruBwdArgs<float>&);
+template void gru_bwd_pointwise<double>(const GruBwdArgs<double>&);
+template void rnn_fwd_pointwise<float>(const RnnFwdArgs<float>&);
+template void rnn_fwd_pointwise<double>(const RnnFwdArgs<double>&);
+template void rnn_bwd_pointwise<float>(const RnnBwdArgs<float>&);
+template void rnn_bwd_pointwise<double>(const RnnBwdArgs<double>&);
+
+}  // namespace fused_s2s::cpu

@@ -1,0 +1,259 @@
+// One GRU or Elman RNN layer, one direction, on the CPU: forward and backward drivers, shared by both cells.
+//
+// Forward: the input projection for all steps is one GEMM (b_ih folded in; for the RNN b_hh too); each step
+// is one GEMM h·W_hhᵀ (small_gemm or oneDNN, as the LSTM's step path) and one fused pointwise pass of the
+// cell (cell_kernels.cpp). Backward: a reverse loop of the cell's pointwise pass and one GEMM dG_h·W_hh per
+// step, then dX, dW_ih, dW_hh and the biases as large GEMMs over all steps.
+#include "cell_layer.h"
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cell_kernels.h"
+#include "fused_s2s/rnn_cell.h"
+#include "gemm.h"
+#include "layer_common.h"
+
+namespace fused_s2s::cpu {
+namespace {
+
+// Checks of one layer's inputs; G gates per unit. `op` names the op in the message.
+void check_inputs(const char* op, int64_t G, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                  const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                  const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(x.dim() == 3, op, ": x must be [T, B, I], got ", x.sizes());
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0 && w_ih.size(1) == I, op, ": w_ih must be [", G, "H, ", I,
+              "], got ", w_ih.sizes());
+  const int64_t H = w_ih.size(0) / G;
+  TORCH_CHECK(H > 0, op, ": hidden_size must be greater than zero");
+  TORCH_CHECK(w_hh.sizes() == at::IntArrayRef({G * H, H}), op, ": w_hh must be [", G * H, ", ", H, "], got ",
+              w_hh.sizes());
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, H}), op, ": h0 must be [", B, ", ", H, "], got ", h0.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": the CPU kernel takes float32 or float64, got ", x.scalar_type());
+  std::vector<const at::Tensor*> tensors = {&h0, &w_ih, &w_hh};
+  for (const std::optional<at::Tensor>* b : {&b_ih, &b_hh}) {
+    if (!b->has_value()) continue;
+    TORCH_CHECK((*b)->dim() == 1 && (*b)->size(0) == G * H, op, ": biases must be [", G * H, "], got ",
+                (*b)->sizes());
+    tensors.push_back(&**b);
+  }
+  for (const at::Tensor* t : tensors)
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
+                ": every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                t->scalar_type(), ", ", t->device());
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, op, ": lengths must be [", B, "], got ",
+                lengths->sizes());
+    TORCH_CHECK(at::isIntegralType(lengths->scalar_type(), /*includeBool=*/false), op,
+                ": lengths must be an integer tensor, got ", lengths->scalar_type());
+    const at::Tensor l = lengths->to(at::kCPU, at::kLong).contiguous();
+    const int64_t* lp = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK(lp[b] >= 1 && lp[b] <= T, op, ": every length must be in [1, ", T, "], got lengths[", b, "] = ",
+                  lp[b]);
+  }
+}
+
+// The backward's gradient inputs and saved tensors: shapes, dtypes and devices the kernels index.
+void check_grads(const char* op, const at::Tensor& x, int64_t H, const at::Tensor& dy, const at::Tensor& dh_n,
+                 const at::Tensor& y, const at::Tensor* saved, int64_t saved_width) {
+  const int64_t T = x.size(0), B = x.size(1);
+  TORCH_CHECK(dy.sizes() == at::IntArrayRef({T, B, H}) && y.sizes() == dy.sizes(), op, ": dy and y must be [", T,
+              ", ", B, ", ", H, "], got ", dy.sizes(), " and ", y.sizes());
+  TORCH_CHECK(dh_n.sizes() == at::IntArrayRef({B, H}), op, ": dh_n must be [", B, ", ", H, "], got ", dh_n.sizes());
+  if (saved != nullptr)
+    TORCH_CHECK(saved->sizes() == at::IntArrayRef({T, B, saved_width}), op, ": saved must be [", T, ", ", B, ", ",
+                saved_width, "], got ", saved->sizes());
+  for (const at::Tensor* t : {&dy, &dh_n, &y, saved})
+    if (t != nullptr)
+      TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
+                  ": every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                  t->scalar_type(), ", ", t->device());
+}
+
+int parse_nonlinearity(c10::string_view nonlinearity) {
+  if (nonlinearity == "tanh") return static_cast<int>(RnnActivation::kTanh);
+  if (nonlinearity == "relu") return static_cast<int>(RnnActivation::kRelu);
+  TORCH_CHECK(false, "rnn_layer: Unknown nonlinearity '", std::string(nonlinearity), "'. Select from 'tanh' or 'relu'.");
+}
+
+std::optional<at::Tensor> sum_of(const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& b) {
+  if (a.has_value() && b.has_value()) return *a + *b;
+  if (a.has_value()) return a->contiguous();
+  if (b.has_value()) return b->contiguous();
+  return std::nullopt;
+}
+
+// h_{t-1} of every row at every step [T, B, H]: the previous processed step's output, or h0 at each
+// sequence's first step (t = 0 forward; t = length - 1 reverse). Rows past a sequence's end get the zeros
+// of y there, and meet a zero gradient.
+at::Tensor previous_states(const at::Tensor& y, const at::Tensor& h0, const std::optional<at::Tensor>& lengths,
+                           bool reverse) {
+  const int64_t T = y.size(0), B = y.size(1);
+  at::Tensor h_prev = empty_buffer(y.sizes(), y.options());
+  const int64_t first = reverse ? T - 1 : 0;
+  h_prev[first].copy_(h0);
+  if (T > 1) {
+    if (reverse) h_prev.narrow(0, 0, T - 1).copy_(y.narrow(0, 1, T - 1));
+    else h_prev.narrow(0, 1, T - 1).copy_(y.narrow(0, 0, T - 1));
+  }
+  if (reverse && lengths.has_value()) {
+    const at::Tensor l = lengths->to(at::kCPU, at::kLong).contiguous();
+    for (int64_t b = 0; b < B; ++b) h_prev[l.data_ptr<int64_t>()[b] - 1][b].copy_(h0[b]);
+  }
+  return h_prev;
+}
+
+// dL/dx and the weight gradients from the gate gradients of all steps: dgi [T, B, G·H] (of x·W_ihᵀ + b_ih)
+// and dgh (of h·W_hhᵀ + b_hh). Padding steps have zero gradients, but whatever x holds there (NaN, inf) must
+// not reach dW_ih as 0 · NaN.
+struct WeightGrads {
+  at::Tensor dx, dw_ih, dw_hh, db_ih, db_hh;
+};
+WeightGrads weight_grads(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& dgi, const at::Tensor& dgh,
+                         const at::Tensor& h_prev, const std::optional<at::Tensor>& lengths, bool need_dx,
+                         bool need_dw) {
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), GH = dgi.size(2), H = h_prev.size(2);
+  const auto none = [&] { return at::empty({0}, x.options()); };  // distinct tensors: outputs must not alias
+  const at::Tensor dgi2 = dgi.view({T * B, GH});
+  WeightGrads g;
+  g.dx = need_dx ? fast_linear(dgi2, w_ih.t().contiguous()).view({T, B, I}) : none();
+  if (!need_dw) {
+    g.dw_ih = none(), g.dw_hh = none(), g.db_ih = none(), g.db_hh = none();
+    return g;
+  }
+  at::Tensor x_valid = x;
+  if (lengths.has_value()) {
+    const at::Tensor t_index = at::arange(T, lengths->options().dtype(at::kLong).device(at::kCPU)).view({T, 1});
+    const at::Tensor padding = t_index >= lengths->to(at::kCPU, at::kLong).view({1, B});
+    x_valid = x.masked_fill(padding.unsqueeze(-1), 0);
+  }
+  const at::Tensor dgh2 = dgh.view({T * B, GH});
+  g.dw_ih = at::mm(dgi2.t(), x_valid.view({T * B, I}));
+  g.dw_hh = at::mm(dgh2.t(), h_prev.view({T * B, H}));
+  g.db_ih = dgi2.sum(0);
+  g.db_hh = dgh.data_ptr() == dgi.data_ptr() ? g.db_ih.clone() : dgh2.sum(0);
+  return g;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
+    const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
+  check_inputs("gru_layer", 3, x_in, h0, w_ih_in, w_hh_in, b_ih, b_hh, lengths);
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  // b_hh stays out of the input projection: its n-part sits inside the reset product.
+  const at::Tensor gi = fast_linear(x.view({T * B, I}), w_ih, b_ih.has_value() ? std::optional<at::Tensor>(b_ih->contiguous()) : std::nullopt).view({T, B, 3 * H});
+  const std::optional<at::Tensor> bias_hh = b_hh.has_value() ? std::optional<at::Tensor>(b_hh->contiguous()) : std::nullopt;
+  at::Tensor y = empty_buffer({T, B, H}, x.options());
+  at::Tensor saved = save ? empty_buffer({T, B, 4 * H}, x.options()) : at::empty({0}, x.options());
+  at::Tensor h = h0.contiguous().clone();
+  ActiveRows active(lengths, B);
+  const StepWeight w_step(w_hh, B);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_gru_fwd", [&] {
+    const scalar_t* bh = bias_hh.has_value() ? bias_hh->data_ptr<scalar_t>() : nullptr;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const at::Tensor gh = step_gemm(h, w_step);
+      gru_fwd_pointwise<scalar_t>({gi[t].data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), bh, h.data_ptr<scalar_t>(),
+                                   y[t].data_ptr<scalar_t>(), save ? saved[t].data_ptr<scalar_t>() : nullptr,
+                                   active.at_step(t), B, H});
+    }
+  });
+  return {y, h, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd(
+    const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& x_in, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& lengths, bool reverse,
+    const at::Tensor& y_in, const at::Tensor& saved_in, bool need_dx, bool need_dw) {
+  check_inputs("gru_layer_bwd", 3, x_in, h0, w_ih, w_hh, std::nullopt, std::nullopt, lengths);
+  const int64_t T = x_in.size(0), B = x_in.size(1), H = w_hh.size(1);
+  check_grads("gru_layer_bwd", x_in, H, dy_in, dh_n, y_in, &saved_in, 4 * H);
+  const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous(), y = y_in.contiguous(), saved = saved_in.contiguous();
+  const at::Tensor h_prev = previous_states(y, h0.contiguous(), lengths, reverse);
+  at::Tensor dgi = empty_buffer({T, B, 3 * H}, x.options());
+  at::Tensor dgh = empty_buffer({T, B, 3 * H}, x.options());
+  at::Tensor dh = dh_n.contiguous().clone();
+  ActiveRows active(lengths, B);
+  const StepWeight w_t(w_hh.t(), B);  // [H, 3H]: rows·w_tᵀ = dgh·W_hh
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_gru_bwd", [&] {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      gru_bwd_pointwise<scalar_t>({saved[t].data_ptr<scalar_t>(), h_prev[t].data_ptr<scalar_t>(),
+                                   dy[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(), dgi[t].data_ptr<scalar_t>(),
+                                   dgh[t].data_ptr<scalar_t>(), active.at_step(t), B, H});
+      dh.add_(step_gemm(dgh[t], w_t));  // inactive rows: dgh = 0, dh passes through
+    }
+  });
+  WeightGrads g = weight_grads(x, w_ih, dgi, dgh, h_prev, lengths, need_dx, need_dw);
+  return {g.dx, dh, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_layer_fwd(
+    const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse, c10::string_view nonlinearity) {
+  const int activation = parse_nonlinearity(nonlinearity);
+  check_inputs("rnn_layer", 1, x_in, h0, w_ih_in, w_hh_in, b_ih, b_hh, lengths);
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  const at::Tensor gi = fast_linear(x.view({T * B, I}), w_ih, sum_of(b_ih, b_hh)).view({T, B, H});
+  at::Tensor y = empty_buffer({T, B, H}, x.options());
+  at::Tensor h = h0.contiguous().clone();
+  ActiveRows active(lengths, B);
+  const StepWeight w_step(w_hh, B);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_rnn_fwd", [&] {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const at::Tensor gh = step_gemm(h, w_step);
+      rnn_fwd_pointwise<scalar_t>({gi[t].data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                   y[t].data_ptr<scalar_t>(), active.at_step(t), B, H, activation});
+    }
+  });
+  return {y, h};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_bwd(
+    const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& x_in, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& lengths, bool reverse,
+    const at::Tensor& y_in, c10::string_view nonlinearity, bool need_dx, bool need_dw) {
+  const int activation = parse_nonlinearity(nonlinearity);
+  check_inputs("rnn_layer_bwd", 1, x_in, h0, w_ih, w_hh, std::nullopt, std::nullopt, lengths);
+  const int64_t T = x_in.size(0), B = x_in.size(1), H = w_hh.size(1);
+  check_grads("rnn_layer_bwd", x_in, H, dy_in, dh_n, y_in, nullptr, 0);
+  const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous(), y = y_in.contiguous();
+  at::Tensor da = empty_buffer({T, B, H}, x.options());  // gradient of the pre-activation: dgi = dgh
+  at::Tensor dh = dh_n.contiguous().clone();
+  ActiveRows active(lengths, B);
+  const StepWeight w_t(w_hh.t(), B);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_rnn_bwd", [&] {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const uint8_t* mask = active.at_step(t);
+      rnn_bwd_pointwise<scalar_t>({y[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(), dy[t].data_ptr<scalar_t>(),
+                                   da[t].data_ptr<scalar_t>(), mask, B, H, activation});
+      at::Tensor dh_next = step_gemm(da[t], w_t);
+      if (mask != nullptr) {  // a step past the sequence's end passes the state gradient through unchanged
+        scalar_t* dst = dh_next.data_ptr<scalar_t>();
+        const scalar_t* src = dh.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < B; ++b)
+          if (!mask[b]) std::memcpy(dst + b * H, src + b * H, H * sizeof(scalar_t));
+      }
+      dh = dh_next;
+    }
+  });
+  const at::Tensor h_prev = need_dw ? previous_states(y, h0.contiguous(), lengths, reverse) : y;
+  WeightGrads g = weight_grads(x, w_ih, da, da, h_prev, lengths, need_dx, need_dw);
+  return {g.dx, dh, g.dw_ih, g.dw_hh, g.db_ih};
+}
+
+}  // namespace fused_s2s::cpu
