@@ -18,6 +18,10 @@ def test_quick_grid_is_ci_sized():
     assert len(quick) <= 16
     assert {c.backward for c in quick} == {False, True} and any(c.varlen for c in quick)
     assert any(c.reference for c in quick) and all(c.batch * c.hidden <= 64 * 512 for c in quick)
+    cells = grid("quick", ["float32"], cells=("lstm", "gru", "rnn_tanh"))
+    assert {c.cell for c in cells} == {"lstm", "gru", "rnn_tanh"} and len(cells) <= 26
+    assert [c for c in cells if c.cell == "lstm"] == quick  # LSTM ids unchanged: the gate matches rows by them
+    assert {c.id.split()[0] for c in cells if c.cell != "lstm"} == {"gru", "rnn"}
 
 
 def test_report_writes_table_json_and_png(tmp_path, capsys):
@@ -35,8 +39,12 @@ def test_report_writes_table_json_and_png(tmp_path, capsys):
     assert len(names) == len(set(names))
     lstm = [r for r in rows if r["params"].get("op") != "decoder_step"]
     fused = [r for r in lstm if r["extra_info"]["impl"].startswith("fused-")]
-    assert fused and all(r["extra_info"]["speedup_vs_nn_lstm"] > 0 for r in fused)
-    assert all(r["extra_info"]["max_abs_diff_vs_nn_lstm"] < 1e-4 for r in lstm)
+    # LSTM rows against nn.LSTM (the key the committed baselines use), GRU/RNN rows against nn.GRU / nn.RNN.
+    vs = {r["name"]: "nn_lstm" if r["params"]["cell"] == "lstm" else "torch" for r in lstm}
+    assert fused and all(r["extra_info"][f"speedup_vs_{vs[r['name']]}"] > 0 for r in fused)
+    assert all(r["extra_info"][f"max_abs_diff_vs_{vs[r['name']]}"] < 1e-4 for r in lstm)
+    assert {r["params"]["cell"] for r in fused} == {"lstm", "gru", "rnn_tanh"}
+    assert "| nn.GRU " in text and "| nn.RNN " in text  # the baseline column names the torch module
     # The decoder's greedy step (fused_s2s/bench/decoder_speed.py) joins the report, against eager PyTorch.
     decoder = [r for r in rows if r["params"].get("op") == "decoder_step" and "speedup_vs_eager" in r["extra_info"]]
     assert decoder and all(r["extra_info"]["max_abs_diff_vs_eager"] < 1e-4 for r in decoder)

@@ -1,13 +1,15 @@
-"""One benchmark case: build nn.LSTM and the implementations under test with identical weights, time them
-interleaved, and measure the memory they keep for backward.
+"""One benchmark case: build the torch module of the case's cell (nn.LSTM, nn.GRU, nn.RNN) and the
+implementations under test with identical weights, time them interleaved, and measure the memory they keep
+for backward.
 
-Implementations: "nn.LSTM" (oneDNN on the CPU, cuDNN on CUDA) is the baseline every ratio is taken
-against; "fused-<backend>" is FusedLSTM on the backend "auto" resolves to on the device (FUSED_S2S_BACKEND
-overrides it), plus "fused-triton" on CUDA when auto picked something else; "reference" is FusedLSTM on the
-plain-PyTorch reference backend (small cases only).
+Implementations: the torch module (oneDNN on the CPU, cuDNN on CUDA) is the baseline every ratio is taken
+against (`speedup_vs_nn_lstm` for LSTM rows, `speedup_vs_torch` for GRU/RNN rows); "fused-<backend>" is
+FusedLSTM / FusedGRU / FusedRNN on the backend "auto" resolves to on the device (FUSED_S2S_BACKEND
+overrides it), plus "fused-triton" for the LSTM on CUDA when auto picked something else; "reference" is the
+fused module on the plain-PyTorch reference backend (small LSTM cases only).
 
-Variable lengths: FusedLSTM takes the padded batch with `lengths=`; nn.LSTM gets what a user must do
-for it: pack_padded_sequence -> nn.LSTM -> pad_packed_sequence, all inside the timed call.
+Variable lengths: the fused module takes the padded batch with `lengths=`; the torch module gets what a user
+must do for it: pack_padded_sequence -> module -> pad_packed_sequence, all inside the timed call.
 """
 from __future__ import annotations
 
@@ -19,16 +21,27 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .cases import NN_LSTM, REFERENCE, Case
+from .cases import REFERENCE, Case
 from .timing import measure_interleaved, summarise
 from fused_s2s import FusedLSTM
 from fused_s2s.ops.lstm import resolve_backend
+
+try:  # builds before the GRU/RNN modules (an A/B base) have none: their cases then fail alone, recorded
+    from fused_s2s import FusedGRU, FusedRNN
+    from fused_s2s.ops.cells import resolve_cell_backend
+except ImportError:  # pragma: no cover - only with an older fused_s2s
+    FusedGRU = FusedRNN = resolve_cell_backend = None
 
 Step = Callable[[], None]
 
 
 def implementations(case: Case, device: torch.device) -> dict[str, str]:
-    """name -> FusedLSTM backend for every implementation timed against nn.LSTM in `case`."""
+    """name -> backend of the fused module for every implementation timed against the torch module in `case`."""
+    if case.cell != "lstm":
+        if resolve_cell_backend is None:
+            raise RuntimeError(f"this fused_s2s build has no {case.cell} module")
+        auto = resolve_cell_backend("auto", device)
+        return {f"fused-{auto}": auto}
     auto = resolve_backend("auto", device)
     impls = {f"fused-{auto}": auto}
     if device.type == "cuda" and auto != "triton":
@@ -50,7 +63,7 @@ def make_forward(module: nn.Module, x: Tensor, lengths: Optional[Tensor]) -> Cal
     """A call returning the padded output [T, B, D*H]: with lengths, nn.LSTM packs and unpacks."""
     if lengths is None:
         return lambda: module(x)[0]
-    if isinstance(module, FusedLSTM):
+    if not isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):  # ours (the torch modules take no lengths=)
         return lambda: module(x, lengths=lengths)[0]
 
     def packed() -> Tensor:
@@ -108,26 +121,36 @@ def peak_bytes(step: Step, device: torch.device) -> Optional[int]:
 
 @dataclass
 class Built:
-    """A case ready to time: one module, forward and step per implementation, nn.LSTM first."""
+    """A case ready to time: one module, forward and step per implementation, the torch module first."""
 
+    baseline: str  # the torch module's name (a key of modules)
     modules: dict[str, nn.Module]
     forwards: dict[str, Callable[[], Tensor]]
     steps: dict[str, Step]
     backends: dict[str, str]
     x: Tensor
-    max_abs_diff: dict[str, float]  # |y - y_nn.LSTM|: a sanity check that all computed the same thing
+    max_abs_diff: dict[str, float]  # |y - y_torch|: a sanity check that all computed the same thing
+
+
+def _module_classes(cell: str) -> tuple[type, type, dict]:
+    """(torch module, fused module, extra constructor arguments) of a cell."""
+    if cell == "lstm":
+        return nn.LSTM, FusedLSTM, {}
+    if cell == "gru":
+        return nn.GRU, FusedGRU, {}
+    return nn.RNN, FusedRNN, {"nonlinearity": cell.removeprefix("rnn_")}
 
 
 def build_case(case: Case, device: torch.device) -> Built:
-    """nn.LSTM and every implementation of `case` with identical weights, their input and timed steps."""
+    """The torch module and every implementation of `case` with identical weights, their input and steps."""
     dtype = case.torch_dtype
-    ref = nn.LSTM(case.hidden, case.hidden, num_layers=case.layers, bidirectional=case.bidirectional,
-                  device=device, dtype=dtype)
-    modules: dict[str, nn.Module] = {NN_LSTM: ref}
     backends = implementations(case, device)
+    torch_cls, fused_cls, extra = _module_classes(case.cell)
+    kw = dict(num_layers=case.layers, bidirectional=case.bidirectional, device=device, dtype=dtype, **extra)
+    ref = torch_cls(case.hidden, case.hidden, **kw)
+    modules: dict[str, nn.Module] = {case.baseline: ref}
     for name, backend in backends.items():
-        m = FusedLSTM(case.hidden, case.hidden, num_layers=case.layers, bidirectional=case.bidirectional,
-                      device=device, dtype=dtype, backend=backend)
+        m = fused_cls(case.hidden, case.hidden, **kw, backend=backend)
         m.load_state_dict(ref.state_dict())
         modules[name] = m
     for m in modules.values():
@@ -136,15 +159,17 @@ def build_case(case: Case, device: torch.device) -> Built:
     lengths = random_lengths(case) if case.varlen else None
     forwards = {name: make_forward(m, x, lengths) for name, m in modules.items()}
     with torch.no_grad():
-        y_ref = forwards[NN_LSTM]().float()
+        y_ref = forwards[case.baseline]().float()
         diffs = {name: (f().float() - y_ref).abs().max().item() for name, f in forwards.items()}
     x.requires_grad_(case.backward)
     steps = {n: make_step(modules[n], forwards[n], x, case.backward) for n in modules}
-    return Built(modules, forwards, steps, backends, x, diffs)
+    return Built(case.baseline, modules, forwards, steps, backends, x, diffs)
 
 
 def run_case(case: Case, device: torch.device, warmup: int, repeats: int, budget_s: float) -> list[dict]:
-    """Time nn.LSTM and every implementation of `case` interleaved; one result row per implementation."""
+    """Time the torch module and every implementation of `case` interleaved; one row per implementation.
+    LSTM rows keep the key names the committed baselines use (speedup_vs_nn_lstm); GRU/RNN rows say
+    speedup_vs_torch."""
     b = build_case(case, device)
     modules, forwards, backends, x, diffs = b.modules, b.forwards, b.backends, b.x, b.max_abs_diff
     memory: dict[str, dict[str, Optional[int]]] = {}
@@ -157,25 +182,27 @@ def run_case(case: Case, device: torch.device, warmup: int, repeats: int, budget
     times = measure_interleaved([b.steps[n] for n in names], device, warmup, repeats, budget_s)
     stats = {n: summarise(t) for n, t in zip(names, times)}
     nn_times = times[0]
+    base = case.baseline
+    vs = "nn_lstm" if case.cell == "lstm" else "torch"
 
     rows = []
     for n, t in zip(names, times):
         s = stats[n]
         extra: dict[str, object] = {"impl": n, "backend": backends.get(n, "oneDNN/cuDNN"),
-                                    "max_abs_diff_vs_nn_lstm": diffs[n], "gflop": case.flops() / 1e9}
-        if n != NN_LSTM:
-            extra["speedup_vs_nn_lstm"] = stats[NN_LSTM].median_ms / s.median_ms
+                                    f"max_abs_diff_vs_{vs}": diffs[n], "gflop": case.flops() / 1e9}
+        if n != base:
+            extra[f"speedup_vs_{vs}"] = stats[base].median_ms / s.median_ms
             extra["pair_ratio_median"] = statistics.median(u / v for u, v in zip(nn_times, t))
             # Best against best: what each runs at when the machine is quiet; steadier on a busy machine.
-            extra["speedup_min_vs_nn_lstm"] = stats[NN_LSTM].min_ms / s.min_ms
+            extra[f"speedup_min_vs_{vs}"] = stats[base].min_ms / s.min_ms
             extra["gate"] = n != REFERENCE  # the reference is an oracle, not a product: shown, never gated
         if case.backward:
             extra.update(memory[n])
-            if n != NN_LSTM:
-                base = memory[NN_LSTM]
-                extra["saved_bytes_ratio"] = extra["saved_bytes"] / base["saved_bytes"] if base["saved_bytes"] else None
-                if base["peak_bytes"]:
-                    extra["peak_bytes_ratio"] = extra["peak_bytes"] / base["peak_bytes"]
+            if n != base:
+                theirs = memory[base]
+                extra["saved_bytes_ratio"] = extra["saved_bytes"] / theirs["saved_bytes"] if theirs["saved_bytes"] else None
+                if theirs["peak_bytes"]:
+                    extra["peak_bytes_ratio"] = extra["peak_bytes"] / theirs["peak_bytes"]
         rows.append({
             "group": case.id,
             "name": f"{n} {case.id}",

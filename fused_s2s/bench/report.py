@@ -24,7 +24,7 @@ from tqdm import tqdm
 from fused_s2s.ops.lstm import triton_unavailable_reason
 
 from . import decoder_speed
-from .cases import default_dtypes, grid, matches, select
+from .cases import default_cells, default_dtypes, grid, matches, select
 from .environment import default_device, environment
 from .measure import run_case
 from .options import add_grid_arguments, resolve_grid_arguments
@@ -43,7 +43,7 @@ def _ratio(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-SPEEDUP_KEYS = ("speedup_vs_nn_lstm", "speedup_vs_eager")
+SPEEDUP_KEYS = ("speedup_vs_nn_lstm", "speedup_vs_torch", "speedup_vs_eager")
 
 
 def _speedup(row: dict) -> Optional[float]:
@@ -131,14 +131,14 @@ def run_grid(args: argparse.Namespace, progress: bool = True, keep_going: bool =
     """
     device = default_device()
     dtypes = args.dtypes.split(",") if args.dtypes else default_dtypes(device)
-    cases = select(grid(args.grid, dtypes, reference=not args.no_reference), args.cases)
+    cases = select(grid(args.grid, dtypes, reference=not args.no_reference, cells=default_cells(device)), args.cases)
     decoder_ids = [decoder_speed.case_id(b, p) for b in decoder_speed.BATCHES for p in (True, False)]
     if not cases and not any(matches(i, args.cases) for i in decoder_ids):
         raise SystemExit(f"no benchmark case matches {args.cases!r}")
     env = environment(device)
     print(f"# fused_s2s vs nn.LSTM on {env['device']} ({env['device_name']}), torch {env['torch']}, triton "
           f"{env['triton']}, {env['num_threads']} threads, commit {env['git_commit']}; grid {args.grid}: "
-          f"{len(cases)} LSTM cases, {args.warmup} warm-up, up to {args.repeats} rounds or {args.budget:g} s "
+          f"{len(cases)} LSTM/GRU/RNN cases, {args.warmup} warm-up, up to {args.repeats} rounds or {args.budget:g} s "
           "each", flush=True)
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -167,7 +167,8 @@ def run_grid(args: argparse.Namespace, progress: bool = True, keep_going: bool =
         "settings": {"grid": args.grid, "dtypes": dtypes, "cases": args.cases, "warmup": args.warmup,
                      "repeats": args.repeats, "budget_s": args.budget, "elapsed_s": time.perf_counter() - start,
                      "layout": "sequence-first [T, B, I], input size = hidden size",
-                     "speedup": "nn.LSTM median / implementation median, timed interleaved in the same run"},
+                     "speedup": "torch module (nn.LSTM, nn.GRU, nn.RNN; eager PyTorch for the decoder step) median "
+                                "/ implementation median, timed interleaved in the same run"},
         "benchmarks": rows,
         "errors": errors,
     }
