@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   at::Tensor saved = save ? empty_buffer({T, B, 4 * H}, x.options()) : at::empty({0}, x.options());
   at::Tensor h = h0.contiguous().clone();
   ActiveRows active(lengths, B);
-  const StepWeight w_step(w_hh, B);
+  const StepWeight w_step(w_hh, B, cell_small_batch_limit());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_gru_fwd", [&] {
     const scalar_t* bh = bias_hh.has_value() ? bias_hh->data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T; ++s) {
@@ -184,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dgh = empty_buffer({T, B, 3 * H}, x.options());
   at::Tensor dh = dh_n.contiguous().clone();
   ActiveRows active(lengths, B);
-  const StepWeight w_t(w_hh.t(), B);  // [H, 3H]: rows·w_tᵀ = dgh·W_hh
+  const StepWeight w_t(w_hh.t(), B, cell_small_batch_limit());  // [H, 3H]: rows·w_tᵀ = dgh·W_hh
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_gru_bwd", [&] {
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
@@ -210,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_layer_fwd(
   at::Tensor y = empty_buffer({T, B, H}, x.options());
   at::Tensor h = h0.contiguous().clone();
   ActiveRows active(lengths, B);
-  const StepWeight w_step(w_hh, B);
+  const StepWeight w_step(w_hh, B, cell_small_batch_limit());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_rnn_fwd", [&] {
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
@@ -234,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer
   at::Tensor da = empty_buffer({T, B, H}, x.options());  // gradient of the pre-activation: dgi = dgh
   at::Tensor dh = dh_n.contiguous().clone();
   ActiveRows active(lengths, B);
-  const StepWeight w_t(w_hh.t(), B);
+  const StepWeight w_t(w_hh.t(), B, cell_small_batch_limit());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_rnn_bwd", [&] {
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;

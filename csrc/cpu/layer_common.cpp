@@ -10,11 +10,20 @@
 
 namespace fused_s2s::cpu {
 
+namespace {
+int64_t limit_from_env(int64_t fallback) {
+  const char* env = std::getenv("FUSED_S2S_SMALL_BATCH");
+  return env != nullptr ? std::atoll(env) : fallback;
+}
+}  // namespace
+
 int64_t small_batch_limit() {
-  static const int64_t limit = [] {
-    const char* env = std::getenv("FUSED_S2S_SMALL_BATCH");
-    return env != nullptr ? std::atoll(env) : int64_t{8};
-  }();
+  static const int64_t limit = limit_from_env(8);
+  return limit;
+}
+
+int64_t cell_small_batch_limit() {
+  static const int64_t limit = limit_from_env(64);
   return limit;
 }
 
@@ -28,8 +37,9 @@ at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options)
   return t;
 }
 
-StepWeight::StepWeight(const at::Tensor& w, int64_t rows) : N(w.size(0)), K(w.size(1)) {
-  if (rows > small_batch_limit()) {
+StepWeight::StepWeight(const at::Tensor& w, int64_t rows, int64_t limit)
+    : N(w.size(0)), K(w.size(1)), small(rows <= limit) {
+  if (!small) {
     packed = pack_weight(w.contiguous(), rows);
     return;
   }
@@ -42,7 +52,7 @@ StepWeight::StepWeight(const at::Tensor& w, int64_t rows) : N(w.size(0)), K(w.si
 
 at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
   const int64_t B = rows.size(0);
-  if (B > small_batch_limit()) return fast_linear(rows, w.packed);
+  if (!w.small) return fast_linear(rows, w.packed);
   at::Tensor out = empty_buffer({B, w.N}, rows.options());
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fused_s2s_small_gemm", [&] {
     small_gemm<scalar_t>(

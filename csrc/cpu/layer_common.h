@@ -10,20 +10,26 @@
 
 namespace fused_s2s::cpu {
 
-// Up to this many rows the step-by-step path uses small_gemm (lstm_kernels.cpp): a GEMM library's per-call
-// cost (~10 µs) is larger than the arithmetic of a few rows. FUSED_S2S_SMALL_BATCH overrides it.
+// Up to this many rows the LSTM's step-by-step path uses small_gemm (lstm_kernels.cpp): a GEMM library's
+// per-call cost (~10 µs) is larger than the arithmetic of a few rows. FUSED_S2S_SMALL_BATCH overrides it.
 int64_t small_batch_limit();
+
+// The same limit for the GRU/RNN layers' step GEMM, whose N is 3H or H rather than 4H: measured here
+// (T100 H256), small_gemm beat oneDNN up to B64 (RNN forward B16: 3.5 against 6.0 ms). FUSED_S2S_SMALL_BATCH
+// overrides it too.
+int64_t cell_small_batch_limit();
 
 // A new tensor for a kernel to fill. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it starts as NaN,
 // so an element that a kernel forgets to write shows up in the results instead of passing by luck.
 at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// A weight w [N, K] used by every step, packed once per call: into small_gemm's panels for small batches,
-// into oneDNN's layout otherwise.
+// A weight w [N, K] used by every step, packed once per call: into small_gemm's panels for at most `limit`
+// rows, into oneDNN's layout otherwise.
 struct StepWeight {
   int64_t N, K;
+  bool small;  // small_gemm's panels (else oneDNN's layout)
   at::Tensor packed;
-  StepWeight(const at::Tensor& w, int64_t rows);
+  StepWeight(const at::Tensor& w, int64_t rows, int64_t limit = small_batch_limit());
 };
 
 // rows·wᵀ for the recurrent step, into a new [B, N] tensor.
