@@ -164,6 +164,77 @@ def test_decoder_step_op(name):
         ops.decoder_step(**step_args(**change))
 
 
+def cell_args(op: str, **change):
+    G = 3 if op.startswith("gru") else 1
+    a = dict(x=torch.randn(T, B, I), h0=torch.zeros(B, H), w_ih=torch.randn(G * H, I), w_hh=torch.randn(G * H, H),
+             b_ih=torch.randn(G * H), b_hh=torch.randn(G * H), lengths=None, reverse=False)
+    a.update({"save": True} if op.startswith("gru") else {"nonlinearity": "tanh"})
+    a.update(change)
+    return a
+
+
+CELL_BAD = {
+    "x 2-D": (lambda G: dict(x=torch.randn(T, I)), "x must be [T, B, I]"),
+    "w_ih wrong input size": (lambda G: dict(w_ih=torch.randn(G * H, I + 1)), "w_ih must be"),
+    "w_hh wrong size": (lambda G: dict(w_hh=torch.randn(G * H, H + 1)), "w_hh must be"),
+    "h0 wrong batch": (lambda G: dict(h0=torch.zeros(B + 1, H)), "h0 must be"),
+    "bias wrong size": (lambda G: dict(b_hh=torch.randn(G * H - 1)), "biases must be"),
+    "half x": (lambda G: dict(x=torch.randn(T, B, I).half()), "float32 or float64"),
+    "mixed dtypes": (lambda G: dict(w_hh=torch.randn(G * H, H, dtype=torch.float64)), "must match x's dtype"),
+    "length 0": (lambda G: dict(lengths=torch.tensor([T, 0, 2])), "every length must be in"),
+    "length > T": (lambda G: dict(lengths=torch.tensor([T, T + 1, 2])), "every length must be in"),
+    "float lengths": (lambda G: dict(lengths=torch.tensor([5.0, 2.0, 1.0])), "integer tensor"),
+    "lengths wrong count": (lambda G: dict(lengths=torch.tensor([T, 2])), "lengths must be"),
+}
+
+
+@pytest.mark.parametrize("op", ["gru_layer_fwd", "rnn_layer_fwd"])
+@pytest.mark.parametrize("name", list(CELL_BAD))
+def test_cell_forward_ops(op, name):
+    change, message = CELL_BAD[name]
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        getattr(ops, op)(**cell_args(op, **change(3 if op.startswith("gru") else 1)))
+    if op == "rnn_layer_fwd" and name == "x 2-D":
+        with pytest.raises(RuntimeError, match="Unknown nonlinearity 'gelu'"):
+            ops.rnn_layer_fwd(**cell_args(op, nonlinearity="gelu"))
+
+
+def good_cell_backward_args(op: str):
+    a = cell_args(op)
+    out = getattr(ops, op)(**a)
+    y, h_n = out[0], out[1]
+    args = dict(dy=torch.randn_like(y), dh_n=torch.randn_like(h_n), x=a["x"], h0=a["h0"], w_ih=a["w_ih"],
+                w_hh=a["w_hh"], lengths=None, reverse=False, y=y, need_dx=True, need_dw=True)
+    args.update({"saved": out[2]} if op.startswith("gru") else {"nonlinearity": "tanh"})
+    return args
+
+
+CELL_BWD_BAD = {
+    "dy wrong size": (lambda a: dict(dy=torch.randn(T, B, H + 1)), "dy and y must be"),
+    "y wrong steps": (lambda a: dict(y=a["y"][:-1]), "dy and y must be"),
+    "dh_n wrong batch": (lambda a: dict(dh_n=torch.randn(B - 1, H)), "dh_n must be"),
+    "dy other dtype": (lambda a: dict(dy=a["dy"].double()), "must match x's dtype"),
+    "length out of range": (lambda a: dict(lengths=torch.tensor([T, 9, 1])), "every length must be in"),
+}
+
+
+# The RNN saves nothing but y; the GRU's saved [T, B, 4H] is checked too.
+CELL_BWD_CASES = [(op, name) for op in ("gru_layer_fwd", "rnn_layer_fwd") for name in CELL_BWD_BAD]
+CELL_BWD_CASES.append(("gru_layer_fwd", "saved wrong size"))
+
+
+@pytest.mark.parametrize("op,name", CELL_BWD_CASES)
+def test_cell_backward_ops(op, name):
+    args = good_cell_backward_args(op)
+    if name == "saved wrong size":
+        change, message = dict(saved=args["saved"][:, :, 1:]), "saved must be"
+    else:
+        change, message = CELL_BWD_BAD[name][0](args), CELL_BWD_BAD[name][1]
+    args.update(change)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        getattr(ops, op.replace("_fwd", "_bwd"))(**args)
+
+
 def test_the_good_calls_run():
     """The baselines the bad calls above change one thing of: they run (so each error is about that thing)."""
     ops.lstm_layer_fwd(**lstm_args())
@@ -171,3 +242,6 @@ def test_the_good_calls_run():
     ops.lstm_layer_bwd(**good_backward_args())
     ops.attention_fwd(**attention_args(lengths=torch.tensor([S, 1, 3])))
     ops.decoder_step(**step_args(lengths=torch.tensor([S, 1, 3])))
+    for op in ("gru_layer_fwd", "rnn_layer_fwd"):
+        getattr(ops, op)(**cell_args(op, lengths=torch.tensor([T, 1, 3]), reverse=True))
+        getattr(ops, op.replace("_fwd", "_bwd"))(**good_cell_backward_args(op))
