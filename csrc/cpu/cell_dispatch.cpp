@@ -1,4 +1,4 @@
-// Picks the capability build of the GRU/RNN per-step kernels (cell_kernels.cpp) that matches this CPU.
+// Picks the capability build of the GRU/RNN/peephole-LSTM per-step kernels (cell_kernels.cpp) that matches this CPU.
 #include "capability.h"
 #include "cell_kernels.h"
 
@@ -13,6 +13,15 @@ void rnn_fwd_pointwise(const RnnFwdArgs<scalar_t>& a) { FS2S_DISPATCH(rnn_fwd_po
 template <typename scalar_t>
 void rnn_bwd_pointwise(const RnnBwdArgs<scalar_t>& a) { FS2S_DISPATCH(rnn_bwd_pointwise, a) }
 
+template <typename scalar_t>
+void peephole_fwd_pointwise(const PeepholeFwdArgs<scalar_t>& a) { FS2S_DISPATCH(peephole_fwd_pointwise, a) }
+template <typename scalar_t>
+void peephole_bwd_pointwise(const PeepholeBwdArgs<scalar_t>& a) { FS2S_DISPATCH(peephole_bwd_pointwise, a) }
+
+template void peephole_fwd_pointwise<float>(const PeepholeFwdArgs<float>&);
+template void peephole_fwd_pointwise<double>(const PeepholeFwdArgs<double>&);
+template void peephole_bwd_pointwise<float>(const PeepholeBwdArgs<float>&);
+template void peephole_bwd_pointwise<double>(const PeepholeBwdArgs<double>&);
 template void gru_fwd_pointwise<float>(const GruFwdArgs<float>&);
 template void gru_fwd_pointwise<double>(const GruFwdArgs<double>&);
 template void gru_bwd_pointwise<float>(const GruBwdArgs<float>&);

@@ -1,4 +1,4 @@
-// One GRU or Elman RNN layer, one direction, on the CPU: forward and backward drivers, shared by both cells.
+// One GRU, Elman RNN or peephole-LSTM layer, one direction, on the CPU: forward and backward drivers.
 //
 // Forward: the input projection for all steps is one GEMM (b_ih folded in; for the RNN b_hh too); each step
 // is one GEMM h·W_hhᵀ (small_gemm or oneDNN, as the LSTM's step path) and one fused pointwise pass of the
@@ -107,6 +107,32 @@ at::Tensor previous_states(const at::Tensor& y, const at::Tensor& h0, const std:
     for (int64_t b = 0; b < B; ++b) h_prev[l.data_ptr<int64_t>()[b] - 1][b].copy_(h0[b]);
   }
   return h_prev;
+}
+
+// The checks the peephole LSTM adds to check_inputs: c0 and the peephole weights (of x's dtype, device).
+void check_peephole(const at::Tensor& x, int64_t H, const at::Tensor& c0, const at::Tensor& w_c) {
+  const int64_t B = x.size(1);
+  TORCH_CHECK(c0.sizes() == at::IntArrayRef({B, H}), "peephole_lstm_layer: c0 must be [", B, ", ", H, "], got ",
+              c0.sizes());
+  TORCH_CHECK(w_c.sizes() == at::IntArrayRef({3 * H}), "peephole_lstm_layer: w_c must be [", 3 * H,
+              "] (w_ci, w_cf, w_co), got ", w_c.sizes());
+  for (const at::Tensor* t : {&c0, &w_c})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+                "peephole_lstm_layer: every tensor must match x's dtype and device (", x.scalar_type(), ", ",
+                x.device(), "), got ", t->scalar_type(), ", ", t->device());
+}
+
+// c_{t-1} of every row at every step [T, B, H] from the saved cells: the previous processed step's, or c0 at
+// the first step. Rows before a reverse sequence's start froze at c0, so no per-row case is needed.
+at::Tensor previous_cells(const at::Tensor& cells, const at::Tensor& c0, bool reverse) {
+  const int64_t T = cells.size(0);
+  at::Tensor c_prev = empty_buffer(cells.sizes(), cells.options());
+  c_prev[reverse ? T - 1 : 0].copy_(c0);
+  if (T > 1) {
+    if (reverse) c_prev.narrow(0, 0, T - 1).copy_(cells.narrow(0, 1, T - 1));
+    else c_prev.narrow(0, 1, T - 1).copy_(cells.narrow(0, 0, T - 1));
+  }
+  return c_prev;
 }
 
 // dL/dx and the weight gradients from the gate gradients of all steps: dgi [T, B, G·H] (of x·W_ihᵀ + b_ih)
@@ -254,6 +280,82 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer
   const at::Tensor h_prev = need_dw ? previous_states(y, h0.contiguous(), lengths, reverse) : y;
   WeightGrads g = weight_grads(x, w_ih, da, da, h_prev, lengths, need_dx, need_dw);
   return {g.dx, dh, g.dw_ih, g.dw_hh, g.db_ih};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> peephole_lstm_layer_fwd(
+    const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& w_c_in, const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
+  check_inputs("peephole_lstm_layer", 4, x_in, h0, w_ih_in, w_hh_in, b_ih, b_hh, lengths);
+  const int64_t T = x_in.size(0), B = x_in.size(1), I = x_in.size(2), H = w_hh_in.size(1);
+  check_peephole(x_in, H, c0, w_c_in);
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor w_c = w_c_in.contiguous();
+  const at::Tensor gi = fast_linear(x.view({T * B, I}), w_ih, sum_of(b_ih, b_hh)).view({T, B, 4 * H});
+  at::Tensor y = empty_buffer({T, B, H}, x.options());
+  at::Tensor gates = save ? empty_buffer({T, B, 4 * H}, x.options()) : at::empty({0}, x.options());
+  at::Tensor cells = save ? empty_buffer({T, B, H}, x.options()) : at::empty({0}, x.options());
+  at::Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
+  ActiveRows active(lengths, B);
+  const StepWeight w_step(w_hh, B, cell_small_batch_limit());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_peephole_fwd", [&] {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const at::Tensor gh = step_gemm(h, w_step);
+      peephole_fwd_pointwise<scalar_t>({gi[t].data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), w_c.data_ptr<scalar_t>(),
+                                        h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), y[t].data_ptr<scalar_t>(),
+                                        save ? gates[t].data_ptr<scalar_t>() : nullptr,
+                                        save ? cells[t].data_ptr<scalar_t>() : nullptr, active.at_step(t), B, H});
+    }
+  });
+  return {y, h, c, gates, cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> peephole_lstm_layer_bwd(
+    const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& x_in,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& w_c_in, const std::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& y_in,
+    const at::Tensor& gates_in, const at::Tensor& cells_in, bool need_dx, bool need_dw) {
+  const char* op = "peephole_lstm_layer_bwd";
+  check_inputs(op, 4, x_in, h0, w_ih, w_hh, std::nullopt, std::nullopt, lengths);
+  const int64_t T = x_in.size(0), B = x_in.size(1), H = w_hh.size(1);
+  check_peephole(x_in, H, c0, w_c_in);
+  check_grads(op, x_in, H, dy_in, dh_n, y_in, &gates_in, 4 * H);
+  check_grads(op, x_in, H, dy_in, dc_n, y_in, &cells_in, H);
+  const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous(), y = y_in.contiguous();
+  const at::Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous(), w_c = w_c_in.contiguous();
+  const at::Tensor c_prev = previous_cells(cells, c0.contiguous(), reverse);
+  at::Tensor dgates = empty_buffer({T, B, 4 * H}, x.options());
+  at::Tensor dh = dh_n.contiguous().clone(), dc = dc_n.contiguous().clone();
+  ActiveRows active(lengths, B);
+  const StepWeight w_t(w_hh.t(), B, cell_small_batch_limit());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_peephole_bwd", [&] {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const uint8_t* mask = active.at_step(t);
+      peephole_bwd_pointwise<scalar_t>({gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(),
+                                        c_prev[t].data_ptr<scalar_t>(), w_c.data_ptr<scalar_t>(),
+                                        dh.data_ptr<scalar_t>(), dy[t].data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+                                        dgates[t].data_ptr<scalar_t>(), mask, B, H});
+      at::Tensor dh_next = step_gemm(dgates[t], w_t);
+      if (mask != nullptr) {  // a step past the sequence's end passes the state gradient through unchanged
+        scalar_t* dst = dh_next.data_ptr<scalar_t>();
+        const scalar_t* src = dh.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < B; ++b)
+          if (!mask[b]) std::memcpy(dst + b * H, src + b * H, H * sizeof(scalar_t));
+      }
+      dh = dh_next;
+    }
+  });
+  const at::Tensor h_prev = need_dw ? previous_states(y, h0.contiguous(), lengths, reverse) : y;
+  WeightGrads g = weight_grads(x, w_ih, dgates, dgates, h_prev, lengths, need_dx, need_dw);
+  at::Tensor dw_c = at::empty({0}, x.options());
+  if (need_dw) {  // sums over steps and rows (zero gradients where inactive)
+    const at::Tensor dg = dgates.view({T * B, 4 * H}), cp = c_prev.view({T * B, H}), c = cells.view({T * B, H});
+    dw_c = at::cat({(dg.narrow(1, 0, H) * cp).sum(0), (dg.narrow(1, H, H) * cp).sum(0),
+                    (dg.narrow(1, 3 * H, H) * c).sum(0)});
+  }
+  return {g.dx, dh, dc, g.dw_ih, g.dw_hh, g.db_ih, dw_c};
 }
 
 }  // namespace fused_s2s::cpu

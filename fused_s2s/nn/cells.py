@@ -39,7 +39,7 @@ class FusedGRU(FusedRecurrentBase):
         """A FusedGRU with a copy of `gru`'s configuration, weights, device, dtype and training mode."""
         return from_native(cls, gru, nn.GRU, backend, share_parameters=False)
 
-    def _layer(self, x: Tensor, state: tuple[Tensor, ...], weights: tuple[Optional[Tensor], ...],
+    def _layer(self, k: int, x: Tensor, state: tuple[Tensor, ...], weights: tuple[Optional[Tensor], ...],
                lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
         w_ih, w_hh, b_ih, b_hh, _ = weights
         y, h = gru_layer(x, state[0], w_ih, w_hh, b_ih, b_hh, lengths, reverse, backend=self.backend)
@@ -72,7 +72,7 @@ class FusedRNN(FusedRecurrentBase):
         return from_native(cls, rnn, nn.RNN, backend, share_parameters=False,
                            nonlinearity=getattr(rnn, "nonlinearity", "tanh"))
 
-    def _layer(self, x: Tensor, state: tuple[Tensor, ...], weights: tuple[Optional[Tensor], ...],
+    def _layer(self, k: int, x: Tensor, state: tuple[Tensor, ...], weights: tuple[Optional[Tensor], ...],
                lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
         w_ih, w_hh, b_ih, b_hh, _ = weights
         y, h = rnn_layer(x, state[0], w_ih, w_hh, b_ih, b_hh, lengths, reverse, self.nonlinearity,

@@ -109,9 +109,10 @@ class FusedRecurrentBase(nn.Module):
         """Whether the state is (h, c) rather than h alone."""
         return self.mode == "LSTM"
 
-    def _layer(self, x: Tensor, state: tuple[Tensor, ...], weights: tuple[Optional[Tensor], ...],
+    def _layer(self, k: int, x: Tensor, state: tuple[Tensor, ...], weights: tuple[Optional[Tensor], ...],
                lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """One layer, one direction: x [T, B, I], state (h0 [B, P], ...) -> y [T, B, P], final state."""
+        """Layer-direction k (= layer * num_directions + direction): x [T, B, I], state (h0 [B, P], ...) ->
+        y [T, B, P], final state."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ class FusedRecurrentBase(nn.Module):
                 k = layer * num_directions + direction
                 weights = tuple(None if name is None else getattr(self, name).to(x.dtype)  # .to: autocast
                                 for name in self._op_weight_names[k])
-                y, final = self._layer(layer_input, tuple(t[k].contiguous() for t in state), weights, lengths,
+                y, final = self._layer(k, layer_input, tuple(t[k].contiguous() for t in state), weights, lengths,
                                        direction == 1)
                 outputs.append(y)
                 for acc, t in zip(finals, final):

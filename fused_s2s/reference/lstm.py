@@ -32,7 +32,7 @@ from torch import Tensor
 # Biases are None when bias=False; w_hr is None when proj_size == 0.
 LayerWeights = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None"]
 
-__all__ = ["lstm_cell", "lstm_layer", "lstm", "LayerWeights"]
+__all__ = ["lstm_cell", "lstm_layer", "lstm", "LayerWeights", "peephole_lstm_cell", "peephole_lstm_layer"]
 
 
 def lstm_cell(
@@ -191,3 +191,46 @@ def lstm(
         if dropout > 0 and training and layer < L - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
     return layer_input, torch.stack(h_n, dim=0), torch.stack(c_n, dim=0)
+
+
+def peephole_lstm_cell(x_t: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                       b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of the peephole LSTM (Gers & Schmidhuber): the gates also see the cell state,
+
+        i = sigmoid(a_i + w_ci * c),  f = sigmoid(a_f + w_cf * c),  g = tanh(a_g)
+        c_t = f * c + i * g,          o = sigmoid(a_o + w_co * c_t),  h_t = o * tanh(c_t)
+
+    with a = x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh in nn.LSTM's gate order and w_c* of shape [H].
+    """
+    a_i, a_f, a_g, a_o = (F.linear(x_t, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    i = torch.sigmoid(a_i + w_ci * c)
+    f = torch.sigmoid(a_f + w_cf * c)
+    g = torch.tanh(a_g)
+    c_new = f * c + i * g
+    o = torch.sigmoid(a_o + w_co * c_new)
+    return o * torch.tanh(c_new), c_new
+
+
+def peephole_lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                        b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor, lengths: Tensor | None = None,
+                        reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """One peephole-LSTM layer, one direction, with lstm_layer's lengths and reverse rules (no projection)."""
+    T, B = x.shape[0], x.shape[1]
+    if lengths is not None:
+        _check_lengths(lengths, T, B)
+        lengths = lengths.to(x.device)
+    h, c = h0, c0
+    ys: list[Tensor | None] = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        x_t = x[t]
+        if lengths is not None:
+            active = (lengths > t).unsqueeze(1)
+            x_t = torch.where(active, x_t, torch.zeros_like(x_t))
+        h_new, c_new = peephole_lstm_cell(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co)
+        if lengths is None:
+            h, c, ys[t] = h_new, c_new, h_new
+        else:
+            h, c = torch.where(active, h_new, h), torch.where(active, c_new, c)
+            ys[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+    y = torch.stack(ys, dim=0) if T > 0 else x.new_empty(0, B, h0.shape[-1])  # type: ignore[arg-type]
+    return y, h, c

@@ -65,4 +65,33 @@ FS2S_HD T lstm_cell_hidden(T o, T c) {
   return o * Math::tanh(c);
 }
 
+// Peephole LSTM (opt-in): the gates also see the cell state through diagonal weights,
+//   i = σ(a_i + w_ci ⊙ c_{t-1}),  f = σ(a_f + w_cf ⊙ c_{t-1}),  o = σ(a_o + w_co ⊙ c_t).
+template <typename T, typename Math = ScalarMath<T>>
+FS2S_HD void peephole_cell_forward(T ai, T af, T ag, T ao, T c_prev, T wci, T wcf, T wco, T& i, T& f, T& g, T& o,
+                                   T& c, T& h) {
+  i = Math::sigmoid(ai + wci * c_prev);
+  f = Math::sigmoid(af + wcf * c_prev);
+  g = Math::tanh(ag);
+  c = f * c_prev + i * g;
+  o = Math::sigmoid(ao + wco * c);
+  h = o * Math::tanh(c);
+}
+
+// Backward of one peephole unit: as lstm_cell_backward, plus the peephole paths (o's into c_t; i's and f's
+// into c_{t-1}). The peephole weights' gradients are sums of dai·c_prev, daf·c_prev and dao·c over rows and
+// steps, taken by the caller from the returned gate gradients.
+template <typename T, typename Math = ScalarMath<T>>
+FS2S_HD void peephole_cell_backward(T i, T f, T g, T o, T c, T c_prev, T wci, T wcf, T wco, T dh, T& dc, T& dai,
+                                    T& daf, T& dag, T& dao) {
+  const T one(1);
+  const T tc = Math::tanh(c);
+  dao = dh * tc * o * (one - o);
+  const T dc_total = dc + dh * o * (one - tc * tc) + dao * wco;
+  dai = dc_total * g * i * (one - i);
+  daf = dc_total * c_prev * f * (one - f);
+  dag = dc_total * i * (one - g * g);
+  dc = dc_total * f + dai * wci + daf * wcf;
+}
+
 }  // namespace fused_s2s
