@@ -1,13 +1,15 @@
-"""FusedDecoder: a Luong/OpenNMT-style attention LSTM decoder, and DecoderState, its incremental state.
+"""FusedDecoder: a Luong/OpenNMT-style attention LSTM (or GRU) decoder, and DecoderState, its incremental state.
 
     step t:  inp_0 = cat(x_t, h̃_{t-1}) (input feeding) else x_t
-             h, c  = LSTM stack(inp_0)                        dropout between layers, training only
+             h, c  = LSTM stack(inp_0)  (GRU: h alone)         dropout between layers, training only
              a_t   = softmax(score(h_top, memory)), masked by memory_lengths
              h̃_t   = tanh(linear_out([a_t · memory; h_top]))
 
 forward() trains (differentiable; without input feeding the whole LSTM stack runs at once on the fused LSTM
 op and the attention is batched over all T). step() decodes one token: under no grad it is ONE call of the
-fused op fused_s2s::decoder_step (fused_s2s.ops.decoder_step), else the differentiable composition.
+fused op fused_s2s::decoder_step (fused_s2s.ops.decoder_step), else the differentiable composition. With
+cell="gru" the stack is a FusedGRU and step() is the composition (the GRU cell in torch ops, the fused
+attention op): the fused step op is LSTM-only so far.
 """
 from __future__ import annotations
 
@@ -22,31 +24,34 @@ from torch import Tensor, nn
 
 from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.nn.bridge import Bridge, BRIDGES
+from fused_s2s.nn.cells import FusedGRU
 from fused_s2s.nn.lstm import FusedLSTM
 from fused_s2s.ops.attention import attention as fused_attention
 from fused_s2s.ops.decoder_step import attention_keys, prepare_decoder_weights
 from fused_s2s.ops.decoder_step import decoder_step as fused_decoder_step
 
-__all__ = ["FusedDecoder", "DecoderState", "ATTENTION_KINDS"]
+__all__ = ["FusedDecoder", "DecoderState", "ATTENTION_KINDS", "CELLS"]
 
 ATTENTION_KINDS = ("dot", "scaled_dot", "general", "additive")
+CELLS = ("lstm", "gru")
 
 
 @dataclass
 class DecoderState:
-    """Decoder state along a batch: h, c [L, B, H] and the input feed h̃_{t-1} [B, H] (None without feeding).
+    """Decoder state along a batch: h, c [L, B, H] (c None for a GRU decoder) and the input feed h̃_{t-1} [B, H]
+    (None without feeding).
 
     `index_select(indices)` / `reorder(indices)` pick batch rows (beam search reorders hypotheses with it);
     `repeat_interleave(n)` makes n copies of each row (row b -> rows b*n .. b*n+n-1) for beams.
     """
 
     h: Tensor
-    c: Tensor
+    c: Optional[Tensor]
     feed: Optional[Tensor] = None
 
     def index_select(self, indices: Tensor) -> "DecoderState":
         indices = indices.to(self.h.device)
-        return DecoderState(self.h.index_select(1, indices), self.c.index_select(1, indices),
+        return DecoderState(self.h.index_select(1, indices), None if self.c is None else self.c.index_select(1, indices),
                             None if self.feed is None else self.feed.index_select(0, indices))
 
     reorder = index_select
@@ -104,11 +109,12 @@ class _AttentionParams(nn.Module):
 
 
 class FusedDecoder(nn.Module):
-    """Attention LSTM decoder (Luong/OpenNMT style) on fused_s2s's LSTM and decoder-step kernels.
+    """Attention LSTM (or GRU) decoder (Luong/OpenNMT style) on fused_s2s's recurrent and decoder-step kernels.
 
     Args:
         input_size (E), hidden_size (H), memory_size (M): sizes of inputs, LSTM state and encoder memory.
         num_layers: LSTM layers. attention: "dot", "scaled_dot", "general" (Luong) or "additive" (Bahdanau).
+        cell: "lstm" (state h, c; parameters under .lstm) or "gru" (state h; parameters under .gru).
         input_feeding: layer 0 reads cat(x_t, h̃_{t-1}). dropout: between LSTM layers, training only.
         bias: biases of the LSTM and of linear_out. backend: "auto" | "cpu" | "triton" | "reference".
         bridge: how init_state maps an encoder's (h_n, c_n): "concat" (directions concatenated per layer) or
@@ -123,8 +129,11 @@ class FusedDecoder(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, memory_size: int, num_layers: int = 1,
                  attention: str = "general", input_feeding: bool = True, dropout: float = 0.0, bias: bool = True,
                  backend: str = "auto", bridge: str = "concat", encoder_hidden_size: Optional[int] = None,
-                 encoder_directions: int = 2, device=None, dtype=None) -> None:
+                 encoder_directions: int = 2, device=None, dtype=None, cell: str = "lstm") -> None:
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+        self.cell = cell
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTION_KINDS}")
         if bridge not in BRIDGES:
@@ -139,9 +148,12 @@ class FusedDecoder(nn.Module):
         self.dropout, self.bias, self.backend = float(dropout), bias, backend
         lstm_input = input_size + (hidden_size if input_feeding else 0)
         # One parameter set for both paths: forward() without feeding runs it as a stack, step() reads its
-        # per-layer weights. Its parameters carry nn.LSTM's names (weight_ih_l0, ...).
-        self.lstm = FusedLSTM(lstm_input, hidden_size, num_layers, bias=bias, batch_first=True, dropout=dropout,
-                              backend=backend, **factory)
+        # per-layer weights. Its parameters carry nn.LSTM's (nn.GRU's) names (weight_ih_l0, ...).
+        stack = dict(bias=bias, batch_first=True, dropout=dropout, backend=backend, **factory)
+        if cell == "lstm":
+            self.lstm = FusedLSTM(lstm_input, hidden_size, num_layers, **stack)
+        else:
+            self.gru = FusedGRU(lstm_input, hidden_size, num_layers, **stack)
         self.attn = _AttentionParams(attention, hidden_size, memory_size, **factory)
         self.linear_out = nn.Linear(memory_size + hidden_size, hidden_size, bias=bias, **factory)
         self.bridge_kind = bridge
@@ -156,16 +168,22 @@ class FusedDecoder(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- weights
 
+    @property
+    def _stack(self) -> nn.Module:
+        """The recurrent stack: the FusedLSTM (.lstm) or the FusedGRU (.gru)."""
+        return self.lstm if self.cell == "lstm" else self.gru
+
     def _lstm_weights(self) -> list[tuple]:
-        return [tuple(None if n is None else getattr(self.lstm, n) for n in names[:4])
-                for names in self.lstm._op_weight_names]
+        """Per layer (w_ih, w_hh, b_ih, b_hh) of the stack (4H rows for the LSTM, 3H for the GRU)."""
+        return [tuple(None if n is None else getattr(self._stack, n) for n in names[:4])
+                for names in self._stack._op_weight_names]
 
     def _fused_weights(self):
         """Weights laid out for the fused step, rebuilt only when a parameter changed (optimizer step, load)."""
         # The modules' own parameter dicts, not self.parameters() or attribute lookups: this runs every step,
         # and walking the module tree cost ~20 us of a ~200 us step. A replaced, moved or updated parameter
         # changes its data_ptr or version, which rebuilds the prepared weights.
-        key = tuple((t.data_ptr(), t._version) for m in (self.lstm, self.attn, self.linear_out)
+        key = tuple((t.data_ptr(), t._version) for m in (self._stack, self.attn, self.linear_out)
                     for t in m._parameters.values() if t is not None)
         if self._prepared is None or self._prepared[0] != key:
             w = prepare_decoder_weights(self._lstm_weights(), self.attention, self.attn.params(),
@@ -239,8 +257,11 @@ class FusedDecoder(nn.Module):
 
     def _check_state(self, state: DecoderState, batch: int) -> None:
         L, H = self.num_layers, self.hidden_size
+        if (state.c is None) != (self.cell == "gru"):
+            raise RuntimeError({"lstm": "an LSTM", "gru": "a GRU"}[self.cell] + " decoder's state " +
+                               ("has no c (got one)" if self.cell == "gru" else "needs c (got None)"))
         for name, t in (("h", state.h), ("c", state.c)):
-            if tuple(t.shape) != (L, batch, H):
+            if t is not None and tuple(t.shape) != (L, batch, H):
                 raise RuntimeError(f"Expected state.{name} size {(L, batch, H)}, got {list(t.shape)}")
         if self.input_feeding and state.feed is not None and tuple(state.feed.shape) != (batch, H):
             raise RuntimeError(f"Expected state.feed size {(batch, H)}, got {list(state.feed.shape)}")
@@ -249,15 +270,18 @@ class FusedDecoder(nn.Module):
 
     def zero_state(self, batch: int, like: Tensor) -> DecoderState:
         z = like.new_zeros(self.num_layers, batch, self.hidden_size)
-        return DecoderState(z, z.clone(), like.new_zeros(batch, self.hidden_size) if self.input_feeding else None)
+        return DecoderState(z, z.clone() if self.cell == "lstm" else None,
+                            like.new_zeros(batch, self.hidden_size) if self.input_feeding else None)
 
-    def init_state(self, encoder_final: Optional[tuple[Tensor, Tensor]], bridge: Optional[str] = None,
-                   batch_size: Optional[int] = None, like: Optional[Tensor] = None) -> DecoderState:
-        """The first state from an encoder's final (h_n, c_n) [L * D, B, He] (layer-major, direction inner).
+    def init_state(self, encoder_final, bridge: Optional[str] = None, batch_size: Optional[int] = None,
+                   like: Optional[Tensor] = None) -> DecoderState:
+        """The first state from an encoder's final (h_n, c_n) [L * D, B, He] (layer-major, direction inner), or
+        its h_n alone (an nn.GRU / FusedGRU encoder; a GRU decoder uses only h_n of either).
 
         bridge: "concat" (per layer cat(forward, reverse): needs D * He == H) or "linear" (this decoder's
         bridge; needs bridge="linear" at construction); default: the constructor's choice. Zeros when
         encoder_final is None (then batch_size and like, a tensor giving dtype/device, are needed).
+        An LSTM decoder given h_n alone starts its c from zeros.
         """
         if encoder_final is None:
             if batch_size is None or like is None:
@@ -266,7 +290,9 @@ class FusedDecoder(nn.Module):
         bridge = self.bridge_kind if bridge is None else bridge
         if bridge not in BRIDGES:
             raise ValueError(f"unknown bridge {bridge!r}; expected one of {BRIDGES}")
-        h_n, c_n = encoder_final
+        h_n, c_n = (encoder_final, None) if isinstance(encoder_final, Tensor) else encoder_final
+        if c_n is None or self.cell == "gru":
+            c_n = torch.zeros_like(h_n)  # a GRU encoder has no cell state; a GRU decoder drops it below
         if h_n.dim() != 3 or c_n.dim() != 3 or h_n.shape != c_n.shape:
             raise ValueError(f"init_state: expected (h_n, c_n) of equal 3-D shape [L * D, B, He], got "
                              f"{tuple(h_n.shape)} and {tuple(c_n.shape)}")
@@ -286,7 +312,7 @@ class FusedDecoder(nn.Module):
             raise ValueError(f"init_state: bridge 'concat' needs directions * encoder hidden == hidden_size. "
                              f"Expected {self.hidden_size}, got {D} * {He} = {D * He}")
         feed = h_n.new_zeros(B, self.hidden_size) if self.input_feeding else None
-        return DecoderState(h.contiguous(), c.contiguous(), feed)
+        return DecoderState(h.contiguous(), c.contiguous() if self.cell == "lstm" else None, feed)
 
     # ---------------------------------------------------------------------------------------------- math
 
@@ -302,19 +328,26 @@ class FusedDecoder(nn.Module):
         inp = torch.cat([x, state.feed], dim=1) if self.input_feeding else x
         hs, cs = [], []
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._lstm_weights()):
-            gates = F.linear(inp, w_ih, b_ih) + F.linear(state.h[layer], w_hh, b_hh)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * state.c[layer] + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            if self.cell == "gru":  # nn.GRU's cell: b_hn inside the reset product
+                gi_r, gi_z, gi_n = F.linear(inp, w_ih, b_ih).chunk(3, dim=1)
+                gh_r, gh_z, gh_n = F.linear(state.h[layer], w_hh, b_hh).chunk(3, dim=1)
+                r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
+                n = torch.tanh(gi_n + r * gh_n)
+                h = n + z * (state.h[layer] - n)
+            else:
+                gates = F.linear(inp, w_ih, b_ih) + F.linear(state.h[layer], w_hh, b_hh)
+                i, f, g, o = gates.chunk(4, dim=1)
+                c = torch.sigmoid(f) * state.c[layer] + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                cs.append(c)
             hs.append(h)
-            cs.append(c)
             inp = h
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 inp = F.dropout(inp, p=self.dropout, training=True)
         context, weights = self._attend(hs[-1].unsqueeze(1), memory, memory_lengths)
         out = torch.tanh(self.linear_out(torch.cat([context.squeeze(1), hs[-1]], dim=1)))
-        return out, DecoderState(torch.stack(hs), torch.stack(cs), out if self.input_feeding else None), \
-            weights.squeeze(1)
+        return out, DecoderState(torch.stack(hs), torch.stack(cs) if cs else None,
+                                 out if self.input_feeding else None), weights.squeeze(1)
 
     def _needs_graph(self, *tensors: Optional[Tensor]) -> bool:
         if not torch.is_grad_enabled():
@@ -329,7 +362,8 @@ class FusedDecoder(nn.Module):
         """One decoding step -> (h̃ [B, H], new state, attention weights [B, S]).
 
         A None state starts from zeros (h, c and the input feed), as nn.LSTMCell does without a state.
-        Under no grad (and no training-time dropout) this is one fused op call. Without `keys` (from
+        Under no grad (and no training-time dropout) this is one fused op call for an LSTM decoder (a GRU
+        decoder runs the composition: its cell in torch ops, the fused attention op). Without `keys` (from
         precompute_keys(memory)) the keys are computed on the first step over a memory tensor and reused
         while the same, unmodified tensor comes back (see _keys_for).
         """
@@ -341,7 +375,7 @@ class FusedDecoder(nn.Module):
         if self.input_feeding and state.feed is None:
             state = DecoderState(state.h, state.c, input_t.new_zeros(B, self.hidden_size))
         dropout_active = self.dropout > 0 and self.training and self.num_layers > 1
-        if dropout_active or self._needs_graph(input_t, state.h, state.c, state.feed, memory):
+        if self.cell == "gru" or dropout_active or self._needs_graph(input_t, state.h, state.c, state.feed, memory):
             return self._step_composed(input_t, state, memory, memory_lengths)
         weights = self._fused_weights()
         if keys is None:
@@ -370,8 +404,12 @@ class FusedDecoder(nn.Module):
             outputs = torch.stack(outs, 1) if T else inputs.new_zeros(B, 0, self.hidden_size)
             attention = torch.stack(attns, 1) if T else inputs.new_zeros(B, 0, memory.shape[1])
             return outputs, (attention if return_attention else None), state
-        # No feeding: the LSTM stack over all T at once (fused op), attention batched over T, then combine.
-        y, (h, c) = self.lstm(inputs, (state.h, state.c))  # y [B, T, H]
+        # No feeding: the recurrent stack over all T at once (fused op), attention batched over T, then combine.
+        if self.cell == "gru":
+            y, h = self.gru(inputs, state.h)
+            c = None
+        else:
+            y, (h, c) = self.lstm(inputs, (state.h, state.c))  # y [B, T, H]
         context, attention = self._attend(y, memory, memory_lengths)  # [B, T, M], [B, T, S]
         outputs = torch.tanh(self.linear_out(torch.cat([context, y], dim=2)))
         return outputs, (attention if return_attention else None), DecoderState(h, c, None)
@@ -379,4 +417,5 @@ class FusedDecoder(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, memory_size={self.memory_size}, "
                 f"num_layers={self.num_layers}, attention={self.attention!r}, input_feeding={self.input_feeding}, "
-                f"dropout={self.dropout}, bridge={self.bridge_kind!r}, backend={self.backend!r}")
+                f"dropout={self.dropout}, bridge={self.bridge_kind!r}, backend={self.backend!r}"
+                + (f", cell={self.cell!r}" if self.cell != "lstm" else ""))

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fused_s2s.decoding import beam_search, greedy_decode
-from fused_s2s.nn.decoder import DecoderState, FusedDecoder
+from fused_s2s.nn.cells import FusedGRU
+from fused_s2s.nn.decoder import CELLS, DecoderState, FusedDecoder
 from fused_s2s.nn.lstm import FusedLSTMEncoder
 
 __all__ = ["Seq2Seq"]
@@ -17,8 +18,9 @@ __all__ = ["Seq2Seq"]
 class Seq2Seq(nn.Module):
     """An attention encoder-decoder (OpenNMT's RNN model) on fused_s2s's kernels.
 
-    The encoder is a FusedLSTMEncoder (bidirectional: hidden_size // 2 per direction, so the memory and the
-    concatenated final state have hidden_size features); the decoder a FusedDecoder initialised from the
+    The encoder is a FusedLSTMEncoder (a FusedGRU with cell="gru"; bidirectional: hidden_size // 2 per
+    direction, so the memory and the concatenated final state have hidden_size features); the decoder a
+    FusedDecoder of the same cell initialised from the
     encoder's final state ("concat" bridge, or "linear"); the generator a Linear to the target vocabulary
     (tied to the target embedding when share_decoder_embeddings and emb_size == hidden_size).
 
@@ -30,19 +32,23 @@ class Seq2Seq(nn.Module):
     def __init__(self, src_vocab: int, tgt_vocab: int, emb_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional_encoder: bool = True, attention: str = "general", input_feeding: bool = True,
                  dropout: float = 0.0, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, bridge: str = "concat",
-                 share_decoder_embeddings: bool = False, backend: str = "auto") -> None:
+                 share_decoder_embeddings: bool = False, backend: str = "auto", cell: str = "lstm") -> None:
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
         directions = 2 if bidirectional_encoder else 1
         if hidden_size % directions:
             raise ValueError(f"hidden_size must be even with a bidirectional encoder, got {hidden_size}")
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.src_embedding = nn.Embedding(src_vocab, emb_size, padding_idx=pad_id)
         self.tgt_embedding = nn.Embedding(tgt_vocab, emb_size, padding_idx=pad_id)
-        self.encoder = FusedLSTMEncoder(emb_size, hidden_size // directions, num_layers, batch_first=True,
-                                        dropout=dropout, bidirectional=bidirectional_encoder, backend=backend)
+        encoder_cls = FusedLSTMEncoder if cell == "lstm" else FusedGRU
+        self.encoder = encoder_cls(emb_size, hidden_size // directions, num_layers, batch_first=True,
+                                   dropout=dropout, bidirectional=bidirectional_encoder, backend=backend)
         self.decoder = FusedDecoder(emb_size, hidden_size, hidden_size, num_layers, attention=attention,
                                     input_feeding=input_feeding, dropout=dropout, backend=backend, bridge=bridge,
-                                    encoder_hidden_size=hidden_size // directions, encoder_directions=directions)
+                                    encoder_hidden_size=hidden_size // directions, encoder_directions=directions,
+                                    cell=cell)
         self.dropout = nn.Dropout(dropout)
         self.generator = nn.Linear(hidden_size, tgt_vocab)
         if share_decoder_embeddings:

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference of one attention-decoder step (the oracle for fused_s2s::decoder_step).
 
-One step of a Luong-style attention LSTM decoder with optional input feeding:
+One step of a Luong-style attention LSTM (or GRU: cell="gru", c is None) decoder with optional input feeding:
 
     inp_0   = cat(x, feed)              (input feeding: feed is the previous step's h̃), else x
     h_l,c_l = lstm_cell(inp_l, h[l], c[l], *lstm_weights[l]);   inp_{l+1} = h_l
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fused_s2s.reference.attention import attention
+from fused_s2s.reference.cells import gru_cell
 from fused_s2s.reference.lstm import lstm_cell
 
 __all__ = ["decoder_step", "decoder"]
@@ -44,7 +45,8 @@ def decoder_step(
     b_out: Tensor | None,
     memory: Tensor,
     memory_lengths: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    cell: str = "lstm",
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """One decoder step.
 
     Args:
@@ -56,21 +58,25 @@ def decoder_step(
         attn_kind, attn_params: see the module docstring.
         w_out: [H, M + H], b_out: [H] or None: h̃ = tanh(w_out · [context; h_top] + b_out).
         memory: [B, S, M]; memory_lengths: [B] integers in 1..S, or None (all S positions valid).
+        cell: "lstm", or "gru" (nn.GRUCell weights [3H, ...] in lstm_weights; c is ignored and returned None).
 
     Returns:
-        (out h̃ [B, H], h_new [L, B, H], c_new [L, B, H], attn_weights [B, S]).
+        (out h̃ [B, H], h_new [L, B, H], c_new [L, B, H] or None, attn_weights [B, S]).
     """
     inp = x if feed is None else torch.cat([x, feed], dim=1)
     hs, cs = [], []
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(lstm_weights):
-        h_l, c_l = lstm_cell(inp, h[layer], c[layer], w_ih, w_hh, b_ih, b_hh, None)
+        if cell == "gru":
+            h_l = gru_cell(inp, h[layer], w_ih, w_hh, b_ih, b_hh)
+        else:
+            h_l, c_l = lstm_cell(inp, h[layer], c[layer], w_ih, w_hh, b_ih, b_hh, None)
+            cs.append(c_l)
         hs.append(h_l)
-        cs.append(c_l)
         inp = h_l
     h_top = hs[-1]
     context, weights = attention(h_top, memory, memory_lengths, attn_kind, attn_params, return_weights=True)
     out = torch.tanh(F.linear(torch.cat([context, h_top], dim=1), w_out, b_out))
-    return out, torch.stack(hs), torch.stack(cs), weights
+    return out, torch.stack(hs), torch.stack(cs) if cs else None, weights
 
 
 def decoder(
@@ -86,7 +92,8 @@ def decoder(
     memory: Tensor,
     memory_lengths: Tensor | None,
     input_feeding: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    cell: str = "lstm",
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """Teacher forcing over inputs [B, T, E]: decoder_step once per step, h̃ fed back when input_feeding
     (feed: the initial h̃ [B, H], zeros when None). The oracle for FusedDecoder.forward.
 
@@ -97,7 +104,7 @@ def decoder(
     outs, attns = [], []
     for t in range(inputs.shape[1]):
         out, h, c, weights = decoder_step(inputs[:, t], feed if input_feeding else None, h, c, lstm_weights,
-                                          attn_kind, attn_params, w_out, b_out, memory, memory_lengths)
+                                          attn_kind, attn_params, w_out, b_out, memory, memory_lengths, cell)
         feed = out
         outs.append(out)
         attns.append(weights)
