@@ -137,5 +137,6 @@ def format_table(results: list[AotResult]) -> str:
 
 
 # The kernel files that ship Triton kernels; each defines aot_cases().
-KERNEL_MODULES: list[str] = ["fused_s2s.triton.lstm", "fused_s2s.triton.lstm_grid", "fused_s2s.triton.decoder_step",
-                              "fused_s2s.triton.attention", "fused_s2s.triton.attention_additive"]
+KERNEL_MODULES: list[str] = ["fused_s2s.triton.lstm", "fused_s2s.triton.lstm_grid", "fused_s2s.triton.cells",
+                             "fused_s2s.triton.decoder_step", "fused_s2s.triton.attention",
+                             "fused_s2s.triton.attention_additive"]
