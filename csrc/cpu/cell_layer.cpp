@@ -268,12 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer
       rnn_bwd_pointwise<scalar_t>({y[t].data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(), dy[t].data_ptr<scalar_t>(),
                                    da[t].data_ptr<scalar_t>(), mask, B, H, activation});
       at::Tensor dh_next = step_gemm(da[t], w_t);
-      if (mask != nullptr) {  // a step past the sequence's end passes the state gradient through unchanged
-        scalar_t* dst = dh_next.data_ptr<scalar_t>();
-        const scalar_t* src = dh.data_ptr<scalar_t>();
-        for (int64_t b = 0; b < B; ++b)
-          if (!mask[b]) std::memcpy(dst + b * H, src + b * H, H * sizeof(scalar_t));
-      }
+      keep_finished_rows(dh_next, dh, mask);
       dh = dh_next;
     }
   });
@@ -338,12 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                         dh.data_ptr<scalar_t>(), dy[t].data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
                                         dgates[t].data_ptr<scalar_t>(), mask, B, H});
       at::Tensor dh_next = step_gemm(dgates[t], w_t);
-      if (mask != nullptr) {  // a step past the sequence's end passes the state gradient through unchanged
-        scalar_t* dst = dh_next.data_ptr<scalar_t>();
-        const scalar_t* src = dh.data_ptr<scalar_t>();
-        for (int64_t b = 0; b < B; ++b)
-          if (!mask[b]) std::memcpy(dst + b * H, src + b * H, H * sizeof(scalar_t));
-      }
+      keep_finished_rows(dh_next, dh, mask);
       dh = dh_next;
     }
   });

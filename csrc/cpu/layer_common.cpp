@@ -1,6 +1,7 @@
 // Definitions of layer_common.h's shared helpers.
 #include "layer_common.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -59,6 +60,15 @@ at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
         {rows.data_ptr<scalar_t>(), w.packed.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, w.N, w.K});
   });
   return out;
+}
+
+void keep_finished_rows(const at::Tensor& to, const at::Tensor& from, const uint8_t* mask) {
+  if (mask == nullptr) return;
+  const int64_t B = to.size(0), row_bytes = to.numel() / std::max<int64_t>(B, 1) * to.element_size();
+  char* dst = static_cast<char*>(to.data_ptr());
+  const char* src = static_cast<const char*>(from.data_ptr());
+  for (int64_t b = 0; b < B; ++b)
+    if (!mask[b]) std::memcpy(dst + b * row_bytes, src + b * row_bytes, row_bytes);
 }
 
 }  // namespace fused_s2s::cpu

@@ -66,4 +66,8 @@ struct ActiveRows {
   }
 };
 
+// Rows b with !mask[b] (sequences past their end at this step) of `from` [B, N] copied into `to` [B, N]: such
+// a step passes the state gradient through unchanged. No-op for a null mask (every row active).
+void keep_finished_rows(const at::Tensor& to, const at::Tensor& from, const uint8_t* mask);
+
 }  // namespace fused_s2s::cpu

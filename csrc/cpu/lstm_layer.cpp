@@ -282,12 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                h_raw.defined() ? h_raw[t].data_ptr<scalar_t>() : nullptr,
                                mask, B, H});
       at::Tensor dh_next = step_gemm(dgates[t], w_hh_t);  // [B, P]
-      if (mask != nullptr) {  // a frozen step passes the state gradient through unchanged
-        scalar_t* dst = dh_next.data_ptr<scalar_t>();
-        const scalar_t* src = dh.data_ptr<scalar_t>();
-        for (int64_t b = 0; b < B; ++b)
-          if (!mask[b]) std::memcpy(dst + b * P, src + b * P, P * sizeof(scalar_t));
-      }
+      keep_finished_rows(dh_next, dh, mask);
       dh = dh_next;
     }
   });
