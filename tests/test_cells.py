@@ -5,6 +5,8 @@ replace_rnns, and torch.compile."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -151,10 +153,12 @@ def run_reference(kind: str, args, lengths, reverse):
     return reference.rnn_layer(*args, lengths, reverse, kind.removeprefix("rnn_"))
 
 
-# B 70 is above the cells' small-batch limit (64): the oneDNN step GEMM; the others take the small GEMM.
-# H 37 leaves vector tails.
+# The forward runs the fused recurrence (cell_recurrence.cpp), except a dense GRU batch above 32 rows (B 70),
+# which takes the step path: B 70 is above the cells' small-batch limit (64), so the oneDNN step GEMM; with
+# FUSED_S2S_FUSED_RECURRENCE=0 (the step-by-step test below) the other shapes take the small GEMM. H 37 leaves vector tails; H 131 is large enough for the fused recurrence to split
+# its panels over two threads (a barrier per step), with a tail panel.
 SHAPES = [dict(T_=6, B_=3, I_=5, H_=6), dict(T_=5, B_=12, I_=7, H_=37), dict(T_=1, B_=2, I_=3, H_=4),
-          dict(T_=3, B_=70, I_=4, H_=9)]
+          dict(T_=3, B_=70, I_=4, H_=9), dict(T_=4, B_=5, I_=3, H_=131)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: case_id(**s))
@@ -179,6 +183,19 @@ def test_layer_op_matches_reference(kind, dtype, bias, reverse, lengths, shape):
     ge = torch.autograd.grad(sum((o * u).sum() for o, u in zip(expected, ups)), [a for a in ref_args if a is not None])
     for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh"), ga, ge):
         assert_close(a, e.to(dtype), name)
+
+
+def test_step_by_step_forward_matches_reference():
+    """The step-by-step forward (per-step GEMM + pointwise pass), which FUSED_S2S_FUSED_RECURRENCE=0 selects
+    instead of the fused recurrence: the fp32 op tests above, in a process with that setting."""
+    if ops_lstm._C_ERROR is not None:
+        pytest.skip(ops_lstm._C_ERROR)
+    env = dict(os.environ, FUSED_S2S_FUSED_RECURRENCE="0")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "test_layer_op_matches_reference and fp32"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and " failed" not in res.stdout, res.stdout[-2000:]
 
 
 @pytest.mark.parametrize("kind", KINDS)

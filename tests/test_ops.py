@@ -40,9 +40,11 @@ def differentiable(args):
     return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
-# B 1 and 3 take the small-batch GEMV path, B 12 the GEMM library; H 6 and 37 leave vector tails.
+# With a projection, B 1 and 3 take the small-batch GEMV path, B 12 the GEMM library; without one, the fused
+# recurrence runs, on two threads (a barrier per step) from H 101. H 6, 37 and 101 leave vector tails.
 CASES = [
     dict(T=7, B=3, I=5, H=6, P=0),
+    dict(T=6, B=9, I=5, H=101, P=0),
     dict(T=7, B=1, I=5, H=6, P=0),
     dict(T=9, B=12, I=11, H=37, P=0),
     dict(T=7, B=3, I=5, H=6, P=4),

@@ -18,6 +18,29 @@ void peephole_fwd_pointwise(const PeepholeFwdArgs<scalar_t>& a) { FS2S_DISPATCH(
 template <typename scalar_t>
 void peephole_bwd_pointwise(const PeepholeBwdArgs<scalar_t>& a) { FS2S_DISPATCH(peephole_bwd_pointwise, a) }
 
+template <typename scalar_t>
+void cell_pack_panels(const CellPanelPackArgs<scalar_t>& a) { FS2S_DISPATCH(cell_pack_panels, a) }
+template <typename scalar_t>
+int64_t cell_panel_units(int64_t gates) {
+  switch (capability()) {
+    case Capability::kAvx512: return AVX512::cell_panel_units(scalar_t(0), gates);
+    case Capability::kAvx2: return AVX2::cell_panel_units(scalar_t(0), gates);
+    default: return DEFAULT::cell_panel_units(scalar_t(0), gates);
+  }
+}
+template <typename scalar_t>
+void gru_recurrence(const GruRecurrenceArgs<scalar_t>& a) { FS2S_DISPATCH(gru_recurrence, a) }
+template <typename scalar_t>
+void rnn_recurrence(const RnnRecurrenceArgs<scalar_t>& a) { FS2S_DISPATCH(rnn_recurrence, a) }
+
+template void cell_pack_panels<float>(const CellPanelPackArgs<float>&);
+template void cell_pack_panels<double>(const CellPanelPackArgs<double>&);
+template int64_t cell_panel_units<float>(int64_t);
+template int64_t cell_panel_units<double>(int64_t);
+template void gru_recurrence<float>(const GruRecurrenceArgs<float>&);
+template void gru_recurrence<double>(const GruRecurrenceArgs<double>&);
+template void rnn_recurrence<float>(const RnnRecurrenceArgs<float>&);
+template void rnn_recurrence<double>(const RnnRecurrenceArgs<double>&);
 template void peephole_fwd_pointwise<float>(const PeepholeFwdArgs<float>&);
 template void peephole_fwd_pointwise<double>(const PeepholeFwdArgs<double>&);
 template void peephole_bwd_pointwise<float>(const PeepholeBwdArgs<float>&);

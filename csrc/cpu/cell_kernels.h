@@ -87,6 +87,46 @@ struct PeepholeBwdArgs {
   int64_t B, H;
 };
 
+// W_hh [G·H, H] of a GRU (G = 3) or Elman RNN (G = 1) packed for the fused recurrences: panel p holds the G
+// gate rows of units [p·U, p·U + U), U = cell_panel_units(G), as columns g·U + u (row g·H + p·U + u of W_hh);
+// each panel is [H, G·U] contiguous, zero past unit H. (W_hh's element (n, k) is at w[n·stride_n + k·stride_k].)
+template <typename scalar_t>
+struct CellPanelPackArgs {
+  const scalar_t* w;
+  int64_t stride_n, stride_k;
+  scalar_t* panels;  // [ceil(H / U), H, G·U]
+  int64_t gates, H;
+};
+
+// The whole forward recurrence of a GRU layer in one parallel region (cell_recurrence.cpp): each thread owns
+// some panels (the same units, and the same W_hh slice in its L2, at every step), computes h_{t-1}·W_hhᵀ for
+// them and applies the cell math from registers; one barrier per step orders the exchange of h.
+template <typename scalar_t>
+struct GruRecurrenceArgs {
+  const scalar_t* panels;  // W_hh packed with gates = 3
+  const scalar_t* gi;      // [T, B, 3H] x·W_ihᵀ + b_ih
+  const scalar_t* b_hh;    // [3H] or nullptr
+  scalar_t* y;             // [T, B, H] out (0 where inactive)
+  scalar_t* saved;         // [T, B, 4H] out: r, z, n, gh_n per step (0 where inactive), or nullptr
+  scalar_t* h_buf;         // [2, B, H]: h_buf[0] holds h0; the final state ends in h_buf[T % 2]
+  const int64_t* lengths;  // [B] or nullptr
+  int64_t T, B, H;
+  bool reverse;
+};
+
+// The Elman RNN's, likewise.
+template <typename scalar_t>
+struct RnnRecurrenceArgs {
+  const scalar_t* panels;  // W_hh packed with gates = 1
+  const scalar_t* gi;      // [T, B, H] x·W_ihᵀ + b_ih + b_hh
+  scalar_t* y;             // [T, B, H] out (0 where inactive)
+  scalar_t* h_buf;         // [2, B, H]: h_buf[0] holds h0; the final state ends in h_buf[T % 2]
+  const int64_t* lengths;  // [B] or nullptr
+  int64_t T, B, H;
+  bool reverse;
+  int activation;          // RnnActivation
+};
+
 #define FS2S_DECLARE_CELL_KERNELS(NS)                 \
   namespace NS {                                      \
   void gru_fwd_pointwise(const GruFwdArgs<float>& a);  \
@@ -101,6 +141,14 @@ struct PeepholeBwdArgs {
   void peephole_fwd_pointwise(const PeepholeFwdArgs<double>& a); \
   void peephole_bwd_pointwise(const PeepholeBwdArgs<float>& a);  \
   void peephole_bwd_pointwise(const PeepholeBwdArgs<double>& a); \
+  void cell_pack_panels(const CellPanelPackArgs<float>& a);      \
+  void cell_pack_panels(const CellPanelPackArgs<double>& a);     \
+  int64_t cell_panel_units(float, int64_t gates);                \
+  int64_t cell_panel_units(double, int64_t gates);               \
+  void gru_recurrence(const GruRecurrenceArgs<float>& a);        \
+  void gru_recurrence(const GruRecurrenceArgs<double>& a);       \
+  void rnn_recurrence(const RnnRecurrenceArgs<float>& a);        \
+  void rnn_recurrence(const RnnRecurrenceArgs<double>& a);       \
   }
 
 FS2S_DECLARE_CELL_KERNELS(DEFAULT)
@@ -119,5 +167,13 @@ template <typename scalar_t>
 void peephole_fwd_pointwise(const PeepholeFwdArgs<scalar_t>& a);
 template <typename scalar_t>
 void peephole_bwd_pointwise(const PeepholeBwdArgs<scalar_t>& a);
+template <typename scalar_t>
+void cell_pack_panels(const CellPanelPackArgs<scalar_t>& a);
+template <typename scalar_t>
+int64_t cell_panel_units(int64_t gates);
+template <typename scalar_t>
+void gru_recurrence(const GruRecurrenceArgs<scalar_t>& a);
+template <typename scalar_t>
+void rnn_recurrence(const RnnRecurrenceArgs<scalar_t>& a);
 
 }  // namespace fused_s2s::cpu

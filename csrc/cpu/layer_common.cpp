@@ -28,6 +28,14 @@ int64_t cell_small_batch_limit() {
   return limit;
 }
 
+bool use_fused_recurrence() {
+  static const bool on = [] {
+    const char* env = std::getenv("FUSED_S2S_FUSED_RECURRENCE");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+
 at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   static const bool poison = [] {
     const char* env = std::getenv("FUSED_S2S_POISON_BUFFERS");

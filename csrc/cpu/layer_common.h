@@ -19,6 +19,11 @@ int64_t small_batch_limit();
 // overrides it too.
 int64_t cell_small_batch_limit();
 
+// The fused recurrences (lstm_recurrence.cpp for LSTM layers without projection, cell_recurrence.cpp for the
+// GRU and Elman RNN forward) run unless FUSED_S2S_FUSED_RECURRENCE=0, which selects the step-by-step path
+// (GEMM library + pointwise pass) instead, for comparison and for the tests of that path.
+bool use_fused_recurrence();
+
 // A new tensor for a kernel to fill. Under FUSED_S2S_POISON_BUFFERS=1 (set by the tests) it starts as NaN,
 // so an element that a kernel forgets to write shows up in the results instead of passing by luck.
 at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);

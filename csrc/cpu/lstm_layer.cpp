@@ -24,16 +24,6 @@
 namespace fused_s2s::cpu {
 namespace {
 
-// The fused recurrence (lstm_recurrence.cpp) runs layers without projection; FUSED_S2S_FUSED_RECURRENCE=0
-// selects the step-by-step path (GEMM library + pointwise pass) instead, for comparison.
-bool use_fused_recurrence() {
-  static const bool on = [] {
-    const char* env = std::getenv("FUSED_S2S_FUSED_RECURRENCE");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  return on;
-}
-
 // W_hh [4H, H] packed into gate-interleaved panels for fused_recurrence.
 template <typename scalar_t>
 at::Tensor gate_panels(const at::Tensor& w_hh) {

@@ -7,9 +7,6 @@
 // across steps. h is exchanged through a double buffer: step s reads h_buf[s % 2] (every unit) and writes
 // h_buf[(s + 1) % 2] (own units); the barrier at the end of step s orders those writes before step s+1's
 // reads, and step s's reads before step s+1's writes into the buffer read at s.
-#include <ATen/Parallel.h>
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -17,66 +14,16 @@
 
 #include "fused_s2s/lstm_cell.h"
 #include "lstm_kernels.h"
+#include "recurrence_common.h"
 #include "vec_math.h"
 
 namespace fused_s2s::cpu::CPU_CAPABILITY {
 namespace {
 
-// Rows [b0, b0 + R) of acc[B, W] (+)= x[b, k0:k1] · panel[k0:k1, :]; R × kColVecs accumulators in registers.
-template <typename scalar_t, int R>
-void panel_fma_rows(const scalar_t* x, int64_t ldx, const scalar_t* panel, int64_t k0, int64_t k1, scalar_t* acc,
-                    int64_t b0, bool first) {
-  using Vec = Vectorized<scalar_t>;
-  constexpr int64_t V = Vec::size(), W = panel_width<scalar_t>();
-  Vec sum[R][kColVecs];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kColVecs; ++c) sum[r][c] = first ? Vec(scalar_t(0)) : Vec::loadu(acc + (b0 + r) * W + c * V);
-  for (int64_t k = k0; k < k1; ++k) {
-    Vec wv[kColVecs];
-    for (int c = 0; c < kColVecs; ++c) wv[c] = Vec::loadu(panel + k * W + c * V);
-    for (int r = 0; r < R; ++r) {
-      const Vec xv(x[(b0 + r) * ldx + k]);
-      for (int c = 0; c < kColVecs; ++c) sum[r][c] = at::vec::fmadd(xv, wv[c], sum[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kColVecs; ++c) sum[r][c].store(acc + (b0 + r) * W + c * V);
-}
-
-// acc[B, W] = x[B, K] · panel[K, W] (x with row stride ldx). K is walked in chunks whose slice of the panel
-// stays in L1 while every row group uses it; the panel as a whole stays in this core's L2 across steps.
-template <typename scalar_t>
-void panel_product(const scalar_t* x, int64_t ldx, int64_t B, const scalar_t* panel, int64_t K, scalar_t* acc) {
-  constexpr int kRows = 6;  // 6 rows × 4 vectors = 24 accumulators
-  constexpr int64_t kChunk = 128;
-  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-    const int64_t k1 = std::min(K, k0 + kChunk);
-    const bool first = k0 == 0;
-    int64_t b = 0;
-    for (; b + kRows <= B; b += kRows) panel_fma_rows<scalar_t, kRows>(x, ldx, panel, k0, k1, acc, b, first);
-    switch (B - b) {
-      case 5: panel_fma_rows<scalar_t, 5>(x, ldx, panel, k0, k1, acc, b, first); break;
-      case 4: panel_fma_rows<scalar_t, 4>(x, ldx, panel, k0, k1, acc, b, first); break;
-      case 3: panel_fma_rows<scalar_t, 3>(x, ldx, panel, k0, k1, acc, b, first); break;
-      case 2: panel_fma_rows<scalar_t, 2>(x, ldx, panel, k0, k1, acc, b, first); break;
-      case 1: panel_fma_rows<scalar_t, 1>(x, ldx, panel, k0, k1, acc, b, first); break;
-      default: break;
-    }
-  }
-}
-
-// Per-thread scratch for panel_product's [B, W] accumulators, 64-byte aligned: a full-width vector at an
-// address that is not crosses two cache lines on every load and store (seen as a ~15% slower recurrence
-// in processes where malloc happened to return such an address).
-template <typename scalar_t>
-scalar_t* scratch(int64_t elems) {
-  constexpr size_t kAlign = 64;
-  thread_local std::vector<char> buf;
-  const size_t bytes = elems * sizeof(scalar_t) + kAlign;
-  if (buf.size() < bytes) buf.resize(bytes);
-  const uintptr_t base = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<scalar_t*>((base + kAlign - 1) / kAlign * kAlign);
-}
+using recurrence::panel_product;
+using recurrence::run_steps;
+using recurrence::RunningRows;
+using recurrence::scratch;
 
 // ---- forward ----
 
@@ -90,11 +37,13 @@ void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p
   const scalar_t* h_prev = a.h_buf + (s % 2) * B * H;
   scalar_t* h_next = a.h_buf + ((s + 1) % 2) * B * H;
   scalar_t* acc = scratch<scalar_t>(B * W);
+  // Row b is running at t while t + t_offset < lengths[b]: RunningRows takes t + t_offset.
+  const RunningRows<scalar_t> running(h_prev, B, H, a.lengths, t + a.t_offset);
   for (int64_t p = p0; p < p1; ++p) {
-    panel_product(h_prev, H, B, a.panels + p * H * W, H, acc);
+    panel_product<scalar_t, kColVecs>(running.x, H, running.n, a.panels + p * H * W, H, acc);
     const int64_t j = p * V;                                         // first unit of the panel
     const int cnt = static_cast<int>(std::min<int64_t>(V, H - j));  // units of the panel inside H
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0, row = 0; b < B; ++b) {
       scalar_t* c_state = a.c_state + b * H + j;
       scalar_t* c_saved = a.cells + (t * B + b) * H + j;
       scalar_t* y = a.y + (t * B + b) * H + j;
@@ -105,7 +54,7 @@ void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p
         continue;
       }
       scalar_t* gi = a.gates + (t * B + b) * 4 * H + j;
-      const scalar_t* ab = acc + b * W;
+      const scalar_t* ab = acc + row++ * W;  // running rows come in batch order
       const Vec ai = Vec::loadu(ab) + Vec::loadu(gi, cnt);
       const Vec af = Vec::loadu(ab + V) + Vec::loadu(gi + H, cnt);
       const Vec ag = Vec::loadu(ab + 2 * V) + Vec::loadu(gi + 2 * H, cnt);
@@ -120,30 +69,6 @@ void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p
       c.store(c_saved, cnt);
       h.store(h_next + b * H + j, cnt);
       h.store(y, cnt);
-    }
-  }
-}
-
-// Runs step(s, p0, p1) for s = 0..steps-1 over `panels` panels of `panel_elems` weights each, split across
-// threads that keep the same panels at every step, with a barrier after each step.
-template <typename StepFn>
-void run_steps(int64_t steps, int64_t panels, int64_t panel_elems, const StepFn& step) {
-  // A second thread pays off only when its share of the weights is large enough to hide the barrier (~1 µs).
-  constexpr int64_t kMinPanelElemsPerThread = 1 << 15;
-  const int64_t useful = std::max<int64_t>(1, panels * panel_elems / kMinPanelElemsPerThread);
-  const int threads = static_cast<int>(std::min<int64_t>({at::get_num_threads(), panels, useful}));
-  if (threads <= 1 || at::in_parallel_region()) {
-    for (int64_t s = 0; s < steps; ++s) step(s, int64_t{0}, panels);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    // Every thread of the team runs this block, so every thread reaches every barrier.
-    const int64_t n = omp_get_num_threads(), w = omp_get_thread_num();
-    const int64_t p0 = panels * w / n, p1 = panels * (w + 1) / n;
-    for (int64_t s = 0; s < steps; ++s) {
-      step(s, p0, p1);
-#pragma omp barrier
     }
   }
 }
@@ -172,7 +97,7 @@ void bwd_panels_of_step(const FusedRecurrenceBwdArgs<scalar_t>& a, int64_t s, in
     const int64_t j0 = p * W;
     if (s > 0) {
       const int64_t t_before = time_of(s - 1);
-      panel_product(a.dgates + t_before * B * K, K, B, a.panels + p * K * W, K, acc);
+      panel_product<scalar_t, kColVecs>(a.dgates + t_before * B * K, K, B, a.panels + p * K * W, K, acc);
       for (int64_t b = 0; b < B; ++b) {
         if (!active(b, t_before)) continue;  // a frozen step passes dh through
         std::memcpy(a.dh + b * H + j0, acc + b * W, std::min<int64_t>(W, H - j0) * sizeof(scalar_t));
