@@ -1,0 +1,50 @@
+// C entry points of the CPU harness: run the CUDA C++ kernels of csrc/cuda on the CPU through
+// cuda_compat.cuh's launch (one std::thread per CUDA thread). Raw contiguous host pointers, shapes as in
+// lstm_persistent.cuh. Every function returns 0, or 1 after printing why to stderr (bad arguments).
+//
+// dtype codes for the storage type of W_hh / the fragment operands: 0 float, 1 bf16, 2 fp16; 16-bit
+// arrays are passed as their raw bits (torch's bfloat16/float16 tensor memory).
+#pragma once
+
+#include <cstdint>
+
+extern "C" {
+
+enum { FS2S_HARNESS_F32 = 0, FS2S_HARNESS_BF16 = 1, FS2S_HARNESS_F16 = 2 };
+
+// lstm_persistent_fwd_kernel<S> on grid ceil(H / units_per_cta) x threads. lengths may be null.
+// gx [T,B,4H], w_hh [4H,H] (dtype), h0 [B,H], c0 [B,H], lengths [B]; out y [T,B,H], h_n [B,H], c_n [B,H],
+// gates [T,B,4H], c [T,B,H]. The [2,B,H] exchange buffer is allocated here.
+int fs2s_harness_lstm_fwd(int dtype, const float* gx, const void* w_hh, const float* h0, const float* c0,
+                          const int64_t* lengths, float* y, float* h_n, float* c_n, float* gates, float* c, int T,
+                          int B, int H, int units_per_cta, int threads, int reverse);
+
+// lstm_persistent_bwd_kernel<S>. dy and lengths may be null.
+// dy [T,B,H], dh_n [B,H], dc_n [B,H], gates [T,B,4H], c [T,B,H], c0 [B,H], w_hh [4H,H] (dtype), lengths [B];
+// out dgates [T,B,4H], dh0 [B,H], dc0 [B,H].
+int fs2s_harness_lstm_bwd(int dtype, const float* dy, const float* dh_n, const float* dc_n, const float* gates,
+                          const float* c, const float* c0, const void* w_hh, const int64_t* lengths, float* dgates,
+                          float* dh0, float* dc0, int T, int B, int H, int units_per_cta, int threads, int reverse);
+
+// c [M,N] = a [M,K] · bt [N,K]ᵀ through load_a_frag / load_b_frag / mma_16x8x16 / store_c_frag on one block
+// (dtype 1 or 2; M, N, K multiples of 16, 8, 16).
+int fs2s_harness_mma(int dtype, const void* a, const void* bt, float* c, int M, int N, int K, int threads);
+
+// The fragment layout as the helpers compute it, out [32 lanes][16][2]: per lane A's 8 (row, col), then B's
+// 4 (k, n), then C's 4 (row, col).
+int fs2s_harness_fragment_layout(int* out);
+
+// out[i] = to_float(from_float<S>(x[i])): the harness' 16-bit rounding (dtype 1 or 2).
+int fs2s_harness_round(int dtype, const float* x, float* out, int64_t n);
+
+// lstm_persistent_plan for a made-up device: units_per_cta, grid and smem_bytes out; reason (NUL-terminated,
+// truncated to reason_len) empty when the shape fits.
+int fs2s_harness_plan(int backward, int B, int H, int elem_bytes, int sm_count, long long max_smem_per_cta,
+                      int threads, int* units_per_cta, int* grid, long long* smem_bytes, char* reason,
+                      int reason_len);
+
+// Reads one element past the block's shared memory: the sanitizer must stop the program (the tests check
+// that the build catches an out-of-bounds index).
+int fs2s_harness_oob_selftest(void);
+
+}  // extern "C"
