@@ -92,6 +92,18 @@ def test_sanitizer_catches_an_out_of_bounds_index(harness, tmp_path):
         f"reading past the block's shared memory did not stop the program (rc {proc.returncode}):\n{proc.stderr}"
 
 
+def test_compat_shuffles_atomics_and_barriers(harness, tmp_path):
+    """cuda_compat's primitives themselves (see fs2s_harness_compat_selftest): block 1's second warp exits at
+    once; the others reduce over the warp, broadcast lane 3, count with atomicAdd and meet at the grid barrier."""
+    out = run_harness(harness, tmp_path, "compat_selftest", {}, {}, {"out": ((128, 3), torch.int32)})["out"]
+    g = torch.arange(128)
+    running = g < 96
+    warp_base = g // 32 * 32
+    want = torch.stack([warp_base * 32 + 31 * 32 // 2, warp_base + 3, torch.full((128,), 96)], 1)
+    assert torch.equal(out[running], want[running].to(torch.int32)), out[running][:4]
+    assert torch.all(out[~running] == -1)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_16bit_rounding_is_torchs(harness, tmp_path, dtype):
     """from_float/to_float of the harness' bf16/half structs round to nearest even, as torch (and the GPU) do."""

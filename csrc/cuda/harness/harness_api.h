@@ -43,6 +43,12 @@ int fs2s_harness_plan(int backward, int B, int H, int elem_bytes, int sm_count, 
                       int threads, int* units_per_cta, int* grid, long long* smem_bytes, char* reason,
                       int reason_len);
 
+// cuda_compat's own primitives on a 2 x 64 grid whose block 1, warp 1 returns at once (an exited warp
+// must not hold up the barriers). For every other thread g = blockIdx.x * 64 + threadIdx.x, out [128, 3]:
+// the sum of g over its warp (__shfl_xor_sync butterfly), lane 3's g (__shfl_sync), and after
+// fs2s_grid_sync the value of a counter every running thread atomicAdd-ed 1 to (96). Exited threads: -1.
+int fs2s_harness_compat_selftest(int* out);
+
 // Reads one element past the block's shared memory: the sanitizer must stop the program (the tests check
 // that the build catches an out-of-bounds index).
 int fs2s_harness_oob_selftest(void);

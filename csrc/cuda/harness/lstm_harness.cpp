@@ -136,6 +136,25 @@ extern "C" int fs2s_harness_plan(int backward, int B, int H, int elem_bytes, int
   return 0;
 }
 
+extern "C" int fs2s_harness_compat_selftest(int* out) {
+  int counter = 0;
+  for (int i = 0; i < 128 * 3; ++i) out[i] = -1;
+  launch(dim3(2), dim3(64), 0, [&] {
+    if (blockIdx.x == 1 && threadIdx.x >= 32) return;
+    const int g = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    int sum = g;
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const int lane3 = __shfl_sync(0xffffffffu, g, 3);
+    atomicAdd(&counter, 1);
+    __syncthreads();
+    fs2s_grid_sync();
+    out[g * 3] = sum;
+    out[g * 3 + 1] = lane3;
+    out[g * 3 + 2] = std::atomic_ref<int>(counter).load();
+  });
+  return 0;
+}
+
 extern "C" int fs2s_harness_oob_selftest(void) {
   volatile float sink = 0.0f;
   launch(dim3(1), dim3(32), 32 * sizeof(float), [&] {

@@ -3,7 +3,7 @@
 // reads <dir>/args.txt ("name value" lines, integers) and the inputs <dir>/<name>.bin (raw little-endian
 // arrays whose byte size must match the shape exactly), runs one entry point of harness_api.h and writes the
 // outputs as <dir>/<name>.bin. Outputs start NaN, so an element the kernel never writes shows as NaN.
-// Commands: fwd, bwd, mma, layout, round, plan, oob_selftest. Exit status 0 on success.
+// Commands: fwd, bwd, mma, layout, round, plan, compat_selftest, oob_selftest. Exit status 0 on success.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -67,7 +67,7 @@ const T* opt(const std::vector<T>& v, bool present) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) die("usage: fs2s_cuda_harness <fwd|bwd|mma|layout|round|plan|oob_selftest> <dir>");
+  if (argc != 3) die("usage: fs2s_cuda_harness <fwd|bwd|mma|layout|round|plan|compat_selftest|oob_selftest> <dir>");
   const std::string cmd = argv[1];
   g_dir = argv[2];
   {
@@ -131,6 +131,10 @@ int main(int argc, char** argv) {
     write("plan", ints), write("smem", smem);
     reason.resize(std::strlen(reason.data()));
     write("reason", reason);
+  } else if (cmd == "compat_selftest") {
+    std::vector<int> out(128 * 3);
+    rc = fs2s_harness_compat_selftest(out.data());
+    write("out", out);
   } else if (cmd == "oob_selftest") {
     rc = fs2s_harness_oob_selftest();
   } else {
