@@ -290,3 +290,15 @@ def test_cuda_autograd_wiring_on_meta_tensors():
                                                      True, True)
     gx, gh0, gc0 = torch.autograd.grad(frozen[0].sum(), (x, h0, c0))
     assert gx.shape == x.shape and gh0.shape == h0.shape and gc0.shape == c0.shape
+
+
+@pytest.mark.triton_interpret
+def test_fallback_runs_triton_and_matches_the_reference(monkeypatch):
+    """The whole fallback path (under the Triton interpreter, CPU tensors): a proj_size layer asked for on
+    'cuda' warns and runs the Triton op, forward and backward, with the reference's results."""
+    from tests.test_ops import assert_layer_matches_reference
+
+    monkeypatch.setattr(lstm_cuda, "cuda_unavailable_reason", lambda device, c_error: None)
+    args = make_layer_args(T=4, B=3, I=5, H=6, P=3, lengths=True, reverse=True)
+    with pytest.warns(UserWarning, match="runs this LSTM layer on Triton instead: proj_size is not supported"):
+        assert_layer_matches_reference(args, "cuda")
