@@ -198,6 +198,16 @@ def test_python_plan_is_the_headers_plan(cxx_plans):
     assert any(not p.reason for p in cxx_plans)
 
 
+def test_device_limits_read_the_opt_in_shared_memory(monkeypatch):
+    from types import SimpleNamespace
+    h100 = SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=232448,
+                           shared_memory_per_multiprocessor=233472)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: h100)
+    assert lstm_cuda._device_limits(torch.device("cuda", 0)) == (132, 232448)
+    del h100.shared_memory_per_block_optin  # an older torch: the SM's shared memory less the per-block 1 KB
+    assert lstm_cuda._device_limits(torch.device("cuda", 0)) == (132, 232448)
+
+
 def _meta_args(B, H, dtype, P=0, I=8, T=3):
     x = torch.empty(T, B, I, dtype=dtype, device="meta")
     w_hh = torch.empty(4 * H, P or H, dtype=dtype, device="meta")

@@ -115,8 +115,10 @@ def persistent_plan(backward: bool, B: int, H: int, elem_bytes: int, sm_count: i
 def _device_limits(device: torch.device) -> tuple[int, int]:
     """(SM count, opt-in shared memory per block) of a CUDA device, as the binding reads them."""
     props = torch.cuda.get_device_properties(device)
-    # shared_memory_per_block_optin is cudaDevAttrMaxSharedMemoryPerBlockOptin (torch >= 2.5 exposes it)
-    return props.multi_processor_count, props.shared_memory_per_block_optin
+    optin = getattr(props, "shared_memory_per_block_optin", None)  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+    if optin is None:  # a torch without it: the SM's shared memory less the 1 KB the runtime keeps per block
+        optin = props.shared_memory_per_multiprocessor - 1024  # (H100: 233472 - 1024 = 232448, the opt-in limit)
+    return props.multi_processor_count, optin
 
 
 def unsupported_reason(x: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], needs_backward: bool) -> Optional[str]:
