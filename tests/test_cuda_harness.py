@@ -11,75 +11,24 @@ bf16/fp16 W_hh against torch's own error in that dtype (DESIGN.md §5). Gradient
 into dx, dW_ih, dW_hh, db with torch, as the op layer will, against autograd of the reference.
 
 What this cannot show (cuda_compat.cuh lists it): GPU timing and occupancy, weak memory ordering, lock-step
-warps, the hardware's mma rounding. The build is cached once per session.
+warps, the hardware's mma rounding. The build (tests/cuda_harness_build.py) is cached once per test process.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from fused_s2s.reference.lstm import lstm_layer
+from tests.cuda_harness_build import DTYPE_CODE, build_harness, run_harness
 from tests.utils import assert_close, case_id, tolerance
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CUDA_DIR = REPO_ROOT / "csrc" / "cuda"
-SOURCES = [CUDA_DIR / "lstm_persistent.cu", CUDA_DIR / "harness" / "lstm_harness.cpp", CUDA_DIR / "harness" / "main.cpp"]
-CXXFLAGS = ["-std=c++20", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-DFS2S_CPU_HARNESS",
-            "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-pthread"]
-DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-RUN_TIMEOUT_S = 120  # a deadlocked barrier fails the test instead of hanging it
-
-
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++) found: the CUDA harness cannot be built")
-    return cxx
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory) -> Path:
-    """The ASan/UBSan harness program, built once per session (skips when g++ lacks C++20 std::barrier)."""
-    cxx = _compiler()
-    build = tmp_path_factory.mktemp("cuda_harness")
-    probe = build / "probe.cpp"
-    probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
-    proc = subprocess.run([cxx, *CXXFLAGS, str(probe), "-o", str(build / "probe")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"{cxx} cannot build C++20 std::barrier with -fsanitize=address,undefined: {proc.stderr[-400:]}")
-    exe = build / "fs2s_cuda_harness"
-    cmd = [cxx, *CXXFLAGS, f"-I{REPO_ROOT / 'csrc' / 'include'}", f"-I{CUDA_DIR}", "-x", "c++", str(SOURCES[0]),
-           "-x", "none", *map(str, SOURCES[1:]), "-o", str(exe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"harness build failed:\n{' '.join(cmd)}\n{proc.stderr}"
-    return exe
-
-
-def run_harness(exe: Path, workdir: Path, command: str, args: dict[str, int], inputs: dict[str, torch.Tensor],
-                outputs: dict[str, tuple[tuple[int, ...], torch.dtype]], expect_ok: bool = True):
-    """Write args and inputs to workdir, run `exe command workdir`, read the outputs back."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "args.txt").write_text("".join(f"{k} {int(v)}\n" for k, v in args.items()))
-    for name, tensor in inputs.items():
-        tensor = tensor.contiguous()
-        raw = tensor.view(torch.int16) if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
-        (workdir / f"{name}.bin").write_bytes(raw.numpy().tobytes())
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
-    proc = subprocess.run([str(exe), command, str(workdir)], capture_output=True, text=True, env=env,
-                          timeout=RUN_TIMEOUT_S)
-    if not expect_ok:
-        return proc
-    assert proc.returncode == 0, f"harness {command} exited with {proc.returncode}:\n{proc.stderr[-4000:]}"
-    out = {}
-    for name, (shape, dtype) in outputs.items():
-        data = bytearray((workdir / f"{name}.bin").read_bytes())
-        out[name] = torch.frombuffer(data, dtype=dtype).reshape(shape).clone() if data else torch.empty(0, dtype=dtype)
-    return out
+def harness() -> Path:
+    """The ASan/UBSan harness program (tests/cuda_harness_build.py), built once per test process."""
+    return build_harness()
 
 
 # ---------------------------------------------------------------------------------------------------------------

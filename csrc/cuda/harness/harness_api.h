@@ -54,3 +54,50 @@ int fs2s_harness_compat_selftest(int* out);
 int fs2s_harness_oob_selftest(void);
 
 }  // extern "C"
+
+// ---- attention.cuh and decoder_step.cuh (attention_harness.cpp) ----------------------------------------------
+// Storage-typed arrays (dtype) are void pointers; lse is fp32. Workspaces are allocated inside, exactly sized and
+// NaN-filled (a read past or before a write shows). splits: CTAs per row, chunk = ceil(S / splits) (splits > S
+// leaves splits with no positions, on purpose).
+extern "C" {
+
+// attention_fwd_kernel<S, additive> then, when splits > 1, attention_fwd_combine_kernel.
+// query [B,Tq,D], keys [B,S,D], values [B,S,M], lengths [B] or null, v [D] (additive) or null;
+// out context [B,Tq,M], lse [B,Tq] (float), weights [B,Tq,S] or null.
+int fs2s_harness_attention_fwd(int dtype, int additive, const void* query, const void* keys, const void* values,
+                               const int64_t* lengths, const void* v, float scale, void* context, float* lse,
+                               void* weights, int B, int Tq, int S, int D, int M, int splits, int threads);
+
+// attention_bwd_kernel<S, additive> then attention_bwd_reduce_kernel. d_context, context [B,Tq,M], lse [B,Tq];
+// out d_query [B,Tq,D], d_keys [B,S,D], d_values [B,S,M], d_v [D] (additive) or null.
+int fs2s_harness_attention_bwd(int dtype, int additive, const void* d_context, const void* query, const void* keys,
+                               const void* values, const int64_t* lengths, const void* v, float scale,
+                               const void* context, const float* lse, void* d_query, void* d_keys, void* d_values,
+                               void* d_v, int B, int Tq, int S, int D, int M, int splits, int threads);
+
+// decoder_lstm_cell_kernel<S> on `blocks` x `threads`: gates [B,4H], c [B,H]; out h_new, c_new [B,H], h_copy
+// [B, ld_h_copy] (columns [0, H)) or null.
+int fs2s_harness_decoder_cell(int dtype, const void* gates, const void* c, void* h_new, void* c_new, void* h_copy,
+                              long long ld_h_copy, int B, int H, int blocks, int threads);
+
+// decoder_cell_attention_kernel<S> then, when splits > 1, attention_fwd_combine_kernel. gates [B,4H], c [B,H],
+// keys [B,S,H], values [B,S,M], lengths [B] or null; out h_new, c_new [B,H], ctx_h [B, M+H] (context, h'),
+// weights [B,S] or null, lse [B] (float).
+int fs2s_harness_decoder_step(int dtype, const void* gates, const void* c, const void* keys, const void* values,
+                              const int64_t* lengths, float scale, void* h_new, void* c_new, void* ctx_h,
+                              void* weights, float* lse, int B, int S, int H, int M, int splits, int threads);
+
+// decoder_combine_tanh_kernel<S>: out [B,H] in place, b_out [H] or null.
+int fs2s_harness_decoder_combine_tanh(int dtype, void* out, const void* b_out, int B, int H, int blocks,
+                                      int threads);
+
+// attention_plan: out ints [splits, chunk], sizes [fwd_smem, bwd_smem, fwd_ws_floats, bwd_ws_floats]; reason
+// (NUL-terminated, truncated to reason_len) empty when the shape fits.
+int fs2s_harness_attention_plan(int B, int Tq, int S, int D, int M, int sm_count, long long max_smem_per_cta,
+                                int threads, int* ints, long long* sizes, char* reason, int reason_len);
+
+// The harness program's commands for the functions above (attn_fwd, attn_bwd, dec_cell, dec_step, dec_tanh,
+// attn_plan), with main.cpp's file conventions; returns -1 when `cmd` is none of them.
+int fs2s_harness_attention_command(const char* cmd, const char* dir);
+
+}  // extern "C"

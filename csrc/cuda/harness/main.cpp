@@ -3,7 +3,8 @@
 // reads <dir>/args.txt ("name value" lines, integers) and the inputs <dir>/<name>.bin (raw little-endian
 // arrays whose byte size must match the shape exactly), runs one entry point of harness_api.h and writes the
 // outputs as <dir>/<name>.bin. Outputs start NaN, so an element the kernel never writes shows as NaN.
-// Commands: fwd, bwd, mma, layout, round, plan, compat_selftest, oob_selftest. Exit status 0 on success.
+// Commands: fwd, bwd, mma, layout, round, plan, compat_selftest, oob_selftest, and attention_harness.cpp's
+// (attn_fwd, attn_bwd, dec_cell, dec_step, dec_tanh, attn_plan). Exit status 0 on success.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -137,6 +138,8 @@ int main(int argc, char** argv) {
     write("out", out);
   } else if (cmd == "oob_selftest") {
     rc = fs2s_harness_oob_selftest();
+  } else if (const int arc = fs2s_harness_attention_command(cmd.c_str(), g_dir.c_str()); arc >= 0) {
+    rc = arc;  // attention_harness.cpp's commands
   } else {
     die("unknown command " + cmd);
   }
