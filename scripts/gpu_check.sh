@@ -74,9 +74,13 @@ run_stage cuda_kernels_registered 30 "$PYTHON" -c "from fused_s2s.ops import lst
 assert lstm_cuda.cuda_kernels_built(), 'fused_s2s._C has no CUDA kernels: see the build stage'
 print('fused_s2s::cuda_lstm_layer_fwd/_bwd have CUDA kernels')"
 
-# tests/test_cuda_*.py: the CUDA ops on the GPU, the CPU harness, the nvcc check (which skips on a CUDA torch).
-CUDA_TESTS=(tests/test_cuda_*.py)
-run_stage cuda_tests 180 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${CUDA_TESTS[@]}"
+# The CUDA ops on the GPU first; the rest of tests/test_cuda_*.py (CPU harness, dispatch, the nvcc check that
+# skips on a CUDA torch) also run in CPU CI, so they come after the sanitizers and the benchmark.
+run_stage cuda_gpu_tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_lstm.py
+OTHER_CUDA_TESTS=()
+for f in tests/test_cuda_*.py; do
+  [[ "$f" == tests/test_cuda_lstm.py ]] || OTHER_CUDA_TESTS+=("$f")
+done
 
 # PYTORCH_NO_CUDA_MEMORY_CACHING: every tensor its own cudaMalloc, so memcheck sees an access past a tensor
 # instead of into a neighbour in torch's cached block.
@@ -86,6 +90,8 @@ run_stage racecheck 120 "$SANITIZER" --tool racecheck "${SANITIZER_FLAGS[@]}" "$
 
 run_stage benchmark 150 "$PYTHON" -m fused_s2s.bench.gpu_check --out "$OUT_DIR" --repeats 5 --warmup 2 \
   --budget-s 2
+
+run_stage cuda_other_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${OTHER_CUDA_TESTS[@]}"
 
 # The Triton tests compiled and run on the GPU (scripts/test.sh's third run), last: the least new here.
 run_stage triton_gpu_tests 240 "$PYTHON" -m pytest -q -p no:cacheprovider -m triton_interpret tests

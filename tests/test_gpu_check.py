@@ -21,8 +21,8 @@ from fused_s2s.bench import gpu_check
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
-STAGES = ["environment", "build", "cuda_kernels_registered", "cuda_tests", "memcheck", "racecheck", "benchmark",
-          "triton_gpu_tests"]
+STAGES = ["environment", "build", "cuda_kernels_registered", "cuda_gpu_tests", "memcheck", "racecheck", "benchmark",
+          "cuda_other_tests", "triton_gpu_tests"]
 
 
 def _stub(path: Path, body: str) -> None:
@@ -69,13 +69,16 @@ def test_every_stage_runs_and_success_exits_zero(tmp_path):
     proc, summary = run_script(tmp_path, "exit 0")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert list(stage_codes(summary)) == STAGES and set(stage_codes(summary).values()) == {"0"}, summary
-    assert summary.rstrip().endswith("0 of 8 stages failed")
+    assert summary.rstrip().endswith("0 of 9 stages failed")
     calls = (tmp_path / "calls.txt").read_text()
     # never a download: the build is pip --no-index --no-build-isolation --no-deps
     assert "-m pip install --no-build-isolation --no-deps --no-index -e ." in calls
     assert "compute-sanitizer --tool memcheck --error-exitcode 1" in calls
     assert "compute-sanitizer --tool racecheck --error-exitcode 1" in calls
     assert "-m fused_s2s.bench.gpu_check --out" in calls
+    assert "pytest -q -p no:cacheprovider -rs tests/test_cuda_lstm.py\n" in calls
+    other = next(line for line in calls.splitlines() if "test_cuda_harness.py" in line)
+    assert "test_cuda_compile.py" in other and "test_cuda_lstm.py " not in other + " "
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert all(f"=== {s}: exit 0" in log for s in STAGES)
 
@@ -87,7 +90,7 @@ def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
     codes = stage_codes(summary)
     assert list(codes) == STAGES
     assert codes["build"] == "3" and codes["benchmark"] == "4" and codes["triton_gpu_tests"] == "0", summary
-    assert summary.rstrip().endswith("2 of 8 stages failed")
+    assert summary.rstrip().endswith("2 of 9 stages failed")
 
 
 def test_a_stage_past_its_timeout_is_stopped_and_reported(tmp_path):
