@@ -223,6 +223,9 @@ class FusedDecoder(nn.Module):
         so a decoding loop that never calls precompute_keys still computes them once per source. Call after
         _fused_weights(), whose key names the weights' versions. A reordered or copied memory (a beam search
         that index_selects memory every step) is a new tensor and gets new keys."""
+        if self.attention == "general":
+            # The projected query against memory itself: no keys to compute or cache (see AttentionKeys).
+            return attention_keys(self.attention, self.attn.params(), memory, project_query=True)
         if torch.compiler.is_compiling() or memory.is_inference():
             # A traced graph keeps no cache, and an inference tensor has no version counter to tell an in-place
             # change: the op computes the keys, every step.
