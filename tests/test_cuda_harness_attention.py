@@ -11,8 +11,8 @@ step is checked as the launcher will run it (GEMMs in torch, cell, cell+attentio
 against fused_s2s.reference.decoder.decoder_step.
 
 Shapes are small and odd (B 3/5, S 1/7/33, M 24/40, D 24/40, A 16); splits 1, 2, 3 and splits with no
-positions (S = 1, 3 splits), a length-1 row, Tq = 2 (the batched form), and S = 150 so that a split spans
-more than one tile of 64 positions (the online softmax's rescale of the running context).
+positions (S = 1, 3 splits), a length-1 row, Tq = 2 (the batched form), and S = 150 in one split, three
+tiles of 64 positions with scores ascending (the online softmax's rescale of the running context).
 What the harness cannot show: GPU timing, occupancy, weak memory ordering, lock-step warps, the GPU's exp/tanh.
 """
 from __future__ import annotations
@@ -45,8 +45,10 @@ def make_lengths(B: int, S: int) -> torch.Tensor:
     return lens.to(torch.int64)
 
 
-def make_problem(kind: str, B: int, Tq: int, S: int, Dq: int, M: int, dtype: torch.dtype, lengths: bool):
-    """Inputs in float64, each rounded to the storage dtype (as torch would hold them)."""
+def make_problem(kind: str, B: int, Tq: int, S: int, Dq: int, M: int, dtype: torch.dtype, lengths: bool,
+                 ascending: bool = False):
+    """Inputs in float64, each rounded to the storage dtype (as torch would hold them). ascending (Tq = 1): the
+    memory rows of each batch row's valid positions reordered so that their scores increase with s."""
     def draw(*shape, scale=1.0):
         return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype).double()
 
@@ -58,6 +60,12 @@ def make_problem(kind: str, B: int, Tq: int, S: int, Dq: int, M: int, dtype: tor
     elif kind == "additive":
         p["params"] = {"w_query": draw(A, dq, scale=dq ** -0.5), "b_query": draw(A, scale=0.1),
                        "w_memory": draw(A, M, scale=M ** -0.5), "v": draw(A)}
+    if ascending:  # a position's score depends on its own memory row only, so a permutation reorders the scores
+        sc = ref_scores(p["query"], p["memory"], kind, p["params"])[:, 0]  # [B, S]
+        lens = p["lengths"] if p["lengths"] is not None else torch.full((B,), S)
+        for b in range(B):
+            n = int(lens[b])
+            p["memory"][b, :n] = p["memory"][b, sc[b, :n].argsort()]
     return p
 
 
@@ -161,7 +169,9 @@ SHAPES = [
     dict(B=5, Tq=1, S=33, M=40, lengths=False, splits=1, threads=64),
     dict(B=3, Tq=2, S=33, M=24, lengths=True, splits=2, threads=96),
     dict(B=5, Tq=1, S=1, M=40, lengths=True, splits=3, threads=32),  # S = 1: splits 1 and 2 hold no position
-    dict(B=3, Tq=1, S=150, M=24, lengths=True, splits=2, threads=64),  # 75 positions a split: 2 tiles of kAttnTile
+    # 150 positions in one split: tiles of 64, 64, 22 positions, with the scores of each row's valid positions in
+    # ascending order, so that every tile raises the running max (the online softmax must rescale the context).
+    dict(B=3, Tq=1, S=150, M=24, lengths=True, splits=1, threads=64, ascending=True),
 ]
 DQ = 40  # query size before the projection (general, additive)
 
@@ -170,7 +180,7 @@ DQ = 40  # query size before the projection (general, additive)
 @pytest.mark.parametrize("shape", SHAPES, ids=[case_id(**s) for s in SHAPES])
 def test_attention_fp32_matches_reference(harness, tmp_path, kind, shape):
     B, Tq, S, M = shape["B"], shape["Tq"], shape["S"], shape["M"]
-    p = make_problem(kind, B, Tq, S, DQ, M, torch.float32, shape["lengths"])
+    p = make_problem(kind, B, Tq, S, DQ, M, torch.float32, shape["lengths"], shape.get("ascending", False))
     d_context = torch.randn(B, Tq, M, dtype=torch.float64).float().double()
     with_weights = shape["splits"] != 1  # the no-weights path (no score workspace) on the splits = 1 shape
     got = run_attention(harness, tmp_path, p, d_context, torch.float32, shape["splits"], shape["threads"],
