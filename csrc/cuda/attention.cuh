@@ -285,7 +285,7 @@ FS2S_DEVICE void fwd_split(AttentionFwdParams<T> p, int row, int b, int split) {
     __syncthreads();  // probabilities in tile_s and alpha -> read by every thread
     const float alpha = stats[0];
     for (int m = tid; m < M; m += nthreads) {
-      float acc = ctx_s[m] * (alpha > 2.0f ? alpha : 1.0f);
+      float acc = ctx_s[m] * alpha;
       const T* vcol = values + static_cast<int64_t>(t0) * M + m;
       for (int i = 0; i < n; ++i) acc = fmaf(tile_s[i], to_float(vcol[static_cast<int64_t>(i) * M]), acc);
       ctx_s[m] = acc;
