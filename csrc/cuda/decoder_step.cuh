@@ -57,7 +57,9 @@ struct DecoderStepParams {
   DecoderCellParams<T> cell;    // the top layer's cell
   AttentionFwdParams<T> attn;   // attention with the cell's h' as query: attn.query unused (may be null),
                                 // attn.Tq = 1, attn.D = H, attn.keys [B, S, H], attn.context = ctx_h [B, M + H]
-                                // with attn.ldc = M + H; attn.scale; weights, scores, part_* as in attention.cuh
+                                // with attn.ldc = M + H; attn.scale; attn.lse [B] (written: the attention's
+                                // log-sum-exp, kept by a caller that wants it); weights, scores, part_* as in
+                                // attention.cuh
 };
 
 // One thread per (b, unit), grid-stride: grid = ceil(B·H / blockDim.x) (any), blockDim.x any multiple of 32.
