@@ -75,6 +75,17 @@ __global__ void decoder_cell_attention_kernel(DecoderStepParams<T> p);
 template <typename T>
 __global__ void decoder_combine_tanh_kernel(T* out, const T* b_out, int B, int H);
 
+// The dot-score top layer's launches (step 2 above): decoder_cell_attention_kernel, then the combine when
+// p.attn.splits > 1. `launch` as for attention_fwd_launch (attention.cuh).
+template <typename T, typename Launch>
+void decoder_cell_attention_launch(const DecoderStepParams<T>& p, int threads, Launch&& launch) {
+  launch(&decoder_cell_attention_kernel<T>, p.cell.B * p.attn.splits, threads,
+         attention_fwd_smem_bytes(p.cell.H, p.attn.M), p);
+  if (p.attn.splits > 1) {
+    launch(&attention_fwd_combine_kernel<T>, p.cell.B, threads, attention_combine_smem_bytes(p.attn.splits), p.attn);
+  }
+}
+
 namespace decoder {
 
 // The cell of unit j of row b: stores h', c' (and the copy) when `store`, returns h' as stored (rounded to T).
