@@ -10,9 +10,9 @@ before the forward kernel; the kernel adds b_hh to its fp32 gh (the GRU's b_hn m
 product, and no 16-bit b_ih + b_hh is rounded). dx and the weight gradients are torch GEMMs over all steps after the backward kernel
 (fused_s2s/ops/cells_triton.py).
 
-Both kernels are persistent and batch-tiled like the LSTM's (fused_s2s/triton/lstm.py): one program per
-tile of BLOCK_B batch rows owns all hidden units and loops over every step, re-reading W_hh (from L2) each
-step. Programs never wait on each other, so they also run under the interpreter.
+Both kernels are persistent and batch-tiled like the LSTM's (fused_s2s/triton/lstm.py; the helpers both use are
+in common.py): one program per tile of BLOCK_B batch rows owns all hidden units and loops over every step,
+re-reading W_hh (from L2) each step. Programs never wait on each other, so they also run under the interpreter.
 - forward, per step: gh = h_{s}·W_hhᵀ (one K loop, G accumulators per unit block) → cell → h, y, and for the
   GRU's backward the saved r, z, n, gh_n.
 - backward, per step (s = T−1 .. 0): dh = carried dh + dy → gate gradients dgi (of gi) and dgh (of gh; the
@@ -26,7 +26,7 @@ Precision: fp32, fp16 and bf16 inputs; products accumulate in fp32, the carried 
 activations are fp32 (h enters the recurrent dot rounded to the weight's dtype). fp64 inputs (gradcheck)
 accumulate in fp64. fp32 dots use IEEE fp32 unless torch.backends.cuda.matmul.allow_tf32 is on.
 Interpreter notes (DESIGN.md §2): tl.dot on two bf16 operands is wrong under TRITON_INTERPRET=1, so the
-launchers set DOT_FP32 there (lstm._dot_fp32) to upcast the operands; compiled code keeps the bf16 dot. The
+launchers set DOT_FP32 there (common.dot_fp32) to upcast the operands; compiled code keeps the bf16 dot. The
 interpreter also converts fp32 to bf16 by truncation (toward zero; checked with triton 3.9.0), not to nearest
 as compiled code does: its bf16 results carry a small one-sided bias that a recurrence accumulates.
 """
@@ -40,8 +40,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fused_s2s.triton.cell_math import sigmoid, tanh
-from fused_s2s.triton.lstm import (INTERPRET, Config, _batch_tile, _dot, _dot_fp32, _output, _precision, _row_time,
-                                   acc_dtype)
+from fused_s2s.triton.common import (INTERPRET, Config, acc_dtype, batch_tile, dot, dot_fp32, dot_precision,
+                                     output_buffer, row_time)
 
 # The CELL constexpr, and the nonlinearity / cell names the ops use for it. The kernels compare CELL with
 # these literals (0 GRU, 1 RNN tanh, 2 RNN relu): a jitted function reads no plain-int globals.
@@ -84,13 +84,13 @@ def cell_fwd_kernel(
     HAS_BHH: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows, row_ok, rows64, lens = _batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
+    rows, row_ok, rows64, lens = batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     G = H * 3 if CELL == 0 else H
     ACC: tl.constexpr = HS.dtype.element_ty  # fp32, or fp64 for fp64 inputs
     w_ty = W_HH.dtype.element_ty
 
     for s in range(T):
-        active, t = _row_time(s, lens, row_ok, REVERSE)
+        active, t = row_time(s, lens, row_ok, REVERSE)
         on = active[:, None]
         src = s % 2
         dst = 1 - src
@@ -110,10 +110,10 @@ def cell_fwd_kernel(
                                  mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(w_ty)      # [BB, BK]
                 w = W_HH + units[None, :] * H + ks[:, None]                                       # [BK, BH] of W_hhᵀ
                 wm = k_ok[:, None] & u_ok[None, :]
-                acc_0 += _dot(h_prev, tl.load(w, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_0 += dot(h_prev, tl.load(w, mask=wm, other=0.0), DOT_FP32, PRECISION)
                 if CELL == 0:  # GRU
-                    acc_1 += _dot(h_prev, tl.load(w + H * H, mask=wm, other=0.0), DOT_FP32, PRECISION)
-                    acc_2 += _dot(h_prev, tl.load(w + 2 * H * H, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                    acc_1 += dot(h_prev, tl.load(w + H * H, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                    acc_2 += dot(h_prev, tl.load(w + 2 * H * H, mask=wm, other=0.0), DOT_FP32, PRECISION)
             if HAS_BHH:  # gh = h·W_hhᵀ + b_hh
                 acc_0 += tl.load(B_HH + units, mask=u_ok, other=0.0).to(ACC)[None, :]
                 if CELL == 0:  # GRU
@@ -161,14 +161,14 @@ def cell_bwd_kernel(
     CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows, row_ok, rows64, lens = _batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
+    rows, row_ok, rows64, lens = batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     G = H * 3 if CELL == 0 else H
     ACC: tl.constexpr = DHS.dtype.element_ty
     dg_ty = DGI.dtype.element_ty
 
     for i in range(T):
         s = T - 1 - i
-        active, t = _row_time(s, lens, row_ok, REVERSE)
+        active, t = row_time(s, lens, row_ok, REVERSE)
         on = active[:, None]
         src = i % 2
         dst = 1 - src
@@ -232,7 +232,7 @@ def cell_bwd_kernel(
                 dg = tl.load(DGH + (t * B + rows64)[:, None] * G + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
                              other=0.0)                                                            # [BB, BK]
                 w = tl.load(W_HH + ks[:, None] * H + ps[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
-                acc += _dot(dg, w, DOT_FP32, PRECISION)
+                acc += dot(dg, w, DOT_FP32, PRECISION)
             dp = DHS + (dst * B + rows64)[:, None] * H + ps[None, :]
             rp = row_ok[:, None] & p_ok[None, :]
             tl.store(dp, tl.load(dp, mask=rp, other=0.0) + tl.where(on, acc, 0.0), mask=rp)
@@ -258,15 +258,15 @@ def cell_fwd(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengt
     acc_t = acc_dtype(dtype)
     hs = torch.empty(2, B, H, dtype=acc_t, device=device)
     hs[0] = h0
-    y = _output((T, B, H), dtype, device)
-    saved = _output((T, B, 4 * H), acc_t, device) if save and code == GRU else None
+    y = output_buffer((T, B, H), dtype, device)
+    saved = output_buffer((T, B, 4 * H), acc_t, device) if save and code == GRU else None
     if T > 0:
         cell_fwd_kernel[(triton.cdiv(B, cfg.block_b),)](
             gi, w_hh, b_hh if b_hh is not None else w_hh, lengths if lengths is not None else gi, hs, y,
             saved if saved is not None else hs, B, T, H,
             CELL=code, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_BHH=b_hh is not None,
             HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=saved is not None,
-            DOT_FP32=_dot_fp32(w_hh.dtype), PRECISION=_precision(w_hh.dtype), **cfg.launch_options())
+            DOT_FP32=dot_fp32(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype), **cfg.launch_options())
     return y, hs[T % 2].to(dtype, copy=True), saved
 
 
@@ -281,14 +281,14 @@ def cell_bwd(dy: Tensor, dh_n: Tensor, y: Tensor, h0: Tensor, saved: Optional[Te
     code = CELLS[cell]
     dhs = torch.empty(2, B, H, dtype=acc_dtype(dtype), device=device)
     dhs[0] = dh_n
-    dgi = _output((T, B, G), dtype, device)
-    dgh = _output((T, B, G), dtype, device) if code == GRU else dgi
+    dgi = output_buffer((T, B, G), dtype, device)
+    dgh = output_buffer((T, B, G), dtype, device) if code == GRU else dgi
     if T > 0:
         cell_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
             dy, y, h0, saved if saved is not None else dhs, w_hh, lengths if lengths is not None else y, dhs,
             dgi, dgh, B, T, H,
             CELL=code, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_LEN=lengths is not None,
-            REVERSE=reverse, DOT_FP32=_dot_fp32(w_hh.dtype), PRECISION=_precision(w_hh.dtype), **cfg.launch_options())
+            REVERSE=reverse, DOT_FP32=dot_fp32(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype), **cfg.launch_options())
     return dgi, dgh, dhs[T % 2]
 
 

@@ -24,12 +24,12 @@ fp64 inputs (for gradcheck) accumulate in fp64. fp32 dots
 use IEEE fp32 unless torch.backends.cuda.matmul.allow_tf32 is on.
 
 Interpreter note (DESIGN.md §2): under TRITON_INTERPRET=1, tl.dot on two bf16 operands returns garbage, so
-the launcher sets DOT_FP32 to upcast the operands there; compiled code keeps the native bf16 dot.
+the launcher sets DOT_FP32 to upcast the operands there (common.dot_fp32); compiled code keeps the native bf16 dot.
+The helpers shared with lstm_grid.py and cells.py (configs, dot, batch tiling, the lengths rule) are in common.py.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -38,31 +38,9 @@ import triton.language as tl
 from torch import Tensor
 
 from fused_s2s.triton.cell_math import lstm_cell, tanh
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Tests set this: buffers a kernel must fully write start as NaN, so a missed element fails a comparison.
-POISON = os.environ.get("FUSED_S2S_POISON_BUFFERS") == "1"
-
-
-@dataclass(frozen=True)
-class Config:
-    """Block sizes and launch parameters of one shipped configuration."""
-
-    block_b: int   # batch rows per program (≥ 16: tl.dot's minimum M)
-    block_h: int   # hidden units per inner block (4 gate accumulators of [block_b, block_h] fp32)
-    block_k: int   # reduction tile of h·W_hhᵀ and of the projection
-    num_warps: int
-    num_stages: int = 1
-    # ptxas otherwise sometimes caps these kernels at 128 registers and spills; 255 lets it use what it needs
-    maxnreg: int = 255
-
-    @property
-    def name(self) -> str:
-        return f"BB{self.block_b}-BH{self.block_h}-BK{self.block_k}-w{self.num_warps}-s{self.num_stages}"
-
-    def launch_options(self) -> dict:
-        return {"num_warps": self.num_warps, "num_stages": self.num_stages, "maxnreg": self.maxnreg}
-
+from fused_s2s.triton.common import (INTERPRET, Config, acc_dtype, batch_tile, dot, dot_fp32, dot_precision,
+                                     output_buffer, row_time, sm_count)
+from fused_s2s.triton.lstm_grid import lstm_fwd_grid
 
 # Every shipped configuration, in one place. The AOT check compiles each for sm_80/sm_90 × fp32/fp16/bf16 and
 # fails on any spill; these are spill-free ones from a scan over BB 16-64, BH 16-64, BK 16-32, 4-8 warps
@@ -103,36 +81,6 @@ def select_forward(B: int, H: int, P: int, config: Config, sm_count: int) -> str
 
 
 @triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def _batch_tile(LEN, B, T, BLOCK_B: tl.constexpr, HAS_LEN: tl.constexpr):
-    """This program's batch rows (int32 and int64), which exist, and their lengths (T without LEN)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    if HAS_LEN:
-        lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
-    else:
-        lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
-    return rows, row_ok, rows.to(tl.int64), lens
-
-
-@triton.jit
-def _row_time(s, lens, row_ok, REVERSE: tl.constexpr):
-    """(active, t): whether each row runs at iteration s, and the time step it reads or writes then."""
-    active = row_ok & (s < lens)
-    if REVERSE:
-        t = lens - 1 - s
-    else:
-        t = lens * 0 + s
-    return active, tl.where(active, t, s).to(tl.int64)
-
-
-@triton.jit
 def lstm_fwd_kernel(
     XP,       # [T, B, 4H] input projection plus both biases (input dtype)
     W_HH,     # [4H, P] recurrent weight (input dtype)
@@ -152,7 +100,7 @@ def lstm_fwd_kernel(
     HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows, row_ok, rows64, lens = _batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
+    rows, row_ok, rows64, lens = batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     u_begin = tl.program_id(1) * units_per_program
     u_end = tl.minimum(u_begin + units_per_program, H)
     G = 4 * H
@@ -161,7 +109,7 @@ def lstm_fwd_kernel(
 
     for i in range(n_steps):
         s = s_begin + i
-        active, t = _row_time(s, lens, row_ok, REVERSE)
+        active, t = row_time(s, lens, row_ok, REVERSE)
         last = row_ok & ((lens * 0 + s) == T - 1)  # the final iteration also writes h_n
         src = s % 2
         dst = 1 - src
@@ -181,10 +129,10 @@ def lstm_fwd_kernel(
                                  mask=row_ok[:, None] & k_ok[None, :], other=0.0)          # [BB, BK]
                 w = W_HH + units[None, :] * P + ks[:, None]                                  # [BK, BH] of W_hhᵀ
                 wm = k_ok[:, None] & u_ok[None, :]
-                acc_i += _dot(h_prev, tl.load(w, mask=wm, other=0.0), DOT_FP32, PRECISION)
-                acc_f += _dot(h_prev, tl.load(w + H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
-                acc_g += _dot(h_prev, tl.load(w + 2 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
-                acc_o += _dot(h_prev, tl.load(w + 3 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_i += dot(h_prev, tl.load(w, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_f += dot(h_prev, tl.load(w + H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_g += dot(h_prev, tl.load(w + 2 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
+                acc_o += dot(h_prev, tl.load(w + 3 * H * P, mask=wm, other=0.0), DOT_FP32, PRECISION)
             # the input projection is added after the loop, so its addresses are not live during it
             xp = XP + (t * B + rows64)[:, None] * G + units[None, :]
             acc_i += tl.load(xp, mask=au, other=0.0).to(ACC)
@@ -228,7 +176,7 @@ def lstm_fwd_kernel(
                                  other=0.0)
                     w = tl.load(W_HR + ps[None, :] * H + ks[:, None], mask=k_ok[:, None] & p_ok[None, :],
                                 other=0.0)                                                   # [BK, BP] of W_hrᵀ
-                    acc += _dot(hr.to(W_HR.dtype.element_ty), w, DOT_FP32, PRECISION)
+                    acc += dot(hr.to(W_HR.dtype.element_ty), w, DOT_FP32, PRECISION)
                 rp = row_ok[:, None] & p_ok[None, :]
                 h_old = tl.load(HS + (src * B + rows64)[:, None] * P + ps[None, :], mask=rp, other=0.0)
                 h_keep = tl.where(active[:, None], acc.to(out_ty), h_old)
@@ -260,14 +208,14 @@ def lstm_bwd_kernel(
     HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows, row_ok, rows64, lens = _batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
+    rows, row_ok, rows64, lens = batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     G = 4 * H
     dg_ty = DG.dtype.element_ty
     ACC: tl.constexpr = DCS.dtype.element_ty  # fp32, or fp64 for fp64 inputs
 
     for i in range(T):
         s = T - 1 - i
-        active, t = _row_time(s, lens, row_ok, REVERSE)
+        active, t = row_time(s, lens, row_ok, REVERSE)
         if REVERSE:
             t_prev = t + 1
         else:
@@ -297,7 +245,7 @@ def lstm_bwd_kernel(
                                  mask=row_ok[:, None] & p_ok[None, :], other=0.0)
                     w = tl.load(W_HR + ps[:, None] * H + units[None, :], mask=p_ok[:, None] & u_ok[None, :],
                                 other=0.0)
-                    acc += _dot(dh.to(W_HR.dtype.element_ty), w, DOT_FP32, PRECISION)
+                    acc += dot(dh.to(W_HR.dtype.element_ty), w, DOT_FP32, PRECISION)
                 tl.store(DHRAW + rows64[:, None] * H + units[None, :], acc, mask=row_ok[:, None] & u_ok[None, :])
             # Orders the DHRAW stores before the loads in the cell loop below (another layout).
             tl.debug_barrier()
@@ -350,7 +298,7 @@ def lstm_bwd_kernel(
                 dg = tl.load(DG + (t * B + rows64)[:, None] * G + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
                              other=0.0)
                 w = tl.load(W_HH + ks[:, None] * P + ps[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
-                acc += _dot(dg, w, DOT_FP32, PRECISION)
+                acc += dot(dg, w, DOT_FP32, PRECISION)
             rp = row_ok[:, None] & p_ok[None, :]
             carry = tl.load(DHS + (src * B + rows64)[:, None] * P + ps[None, :], mask=rp, other=0.0)
             tl.store(DHS + (dst * B + rows64)[:, None] * P + ps[None, :], tl.where(active[:, None], acc, carry),
@@ -361,34 +309,6 @@ def lstm_bwd_kernel(
 
 
 # ---- launchers ----
-
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float64 or dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"  # ignored by 16-bit dots
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the cell state, the saved cells and every accumulator: fp32, or fp64 for fp64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _dot_fp32(dtype: torch.dtype) -> bool:
-    return INTERPRET and dtype == torch.bfloat16  # see the module docstring
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
-def _output(shape, dtype, device) -> Tensor:
-    """A buffer the kernel writes completely: NaN-filled in tests, so a missed element shows."""
-    if POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
 
 def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor],
              reverse: bool, save: bool, kernel: Optional[str] = None
@@ -404,19 +324,19 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     P = w_hh.shape[1]
     dtype, device = xp.dtype, xp.device
     cfg = pick_config(FWD_CONFIGS, H)
-    kernel = kernel or select_forward(B, H, P, cfg, _sm_count(device))
+    kernel = kernel or select_forward(B, H, P, cfg, sm_count(device))
     hs = torch.empty(2, B, P, dtype=dtype, device=device)
     hs[0] = h0
     acc_t = acc_dtype(dtype)
     cs = c0.to(acc_t, copy=True)
     hraw = torch.empty(B, H, dtype=acc_t, device=device) if w_hr is not None else cs
-    y = _output((T, B, P), dtype, device)
-    h_n = _output((B, P), dtype, device)
-    gates = _output((T, B, G), acc_t, device) if save else xp
-    cells = _output((T, B, H), acc_t, device) if save else cs
+    y = output_buffer((T, B, P), dtype, device)
+    h_n = output_buffer((B, P), dtype, device)
+    gates = output_buffer((T, B, G), acc_t, device) if save else xp
+    cells = output_buffer((T, B, H), acc_t, device) if save else cs
     common = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
-                  HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=_dot_fp32(dtype),
-                  PRECISION=_precision(dtype), **cfg.launch_options())
+                  HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=dot_fp32(dtype),
+                  PRECISION=dot_precision(dtype), **cfg.launch_options())
     args = (xp, w_hh, w_hr if w_hr is not None else w_hh, lengths if lengths is not None else xp, hs, cs, hraw,
             y, h_n, gates, cells, B, T, H, P)
     batch_programs = triton.cdiv(B, cfg.block_b)
@@ -427,8 +347,6 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     elif kernel == "grid_persistent":
         if w_hr is not None:
             raise RuntimeError("FUSED_S2S_TRITON_LSTM_KERNEL=grid_persistent cannot run: it has no proj_size support")
-        from fused_s2s.triton.lstm_grid import lstm_fwd_grid  # imports this module: not at the top
-
         return lstm_fwd_grid(xp, h0, c0, w_hh, lengths, reverse, save)
     elif kernel == "per_step":
         # with a projection a program needs whole h rows: one program per batch tile, still one launch a step
@@ -457,14 +375,14 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
     dhs[0] = dh_n
     dcs = dc_n.to(acc_t, copy=True)
     dhraw = torch.empty(B, H, dtype=acc_t, device=device) if w_hr is not None else dcs
-    dg = _output((T, B, G), dtype, device)
-    dht = _output((T, B, P), acc_t, device) if w_hr is not None else dcs
+    dg = output_buffer((T, B, G), dtype, device)
+    dht = output_buffer((T, B, P), acc_t, device) if w_hr is not None else dcs
     if T > 0:
         lstm_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
             dy, gates, cells, c0, w_hh, w_hr if w_hr is not None else w_hh,
             lengths if lengths is not None else gates, dhs, dcs, dhraw, dg, dht, B, T, H, P,
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
-            HAS_LEN=lengths is not None, REVERSE=reverse, DOT_FP32=_dot_fp32(dtype), PRECISION=_precision(dtype),
+            HAS_LEN=lengths is not None, REVERSE=reverse, DOT_FP32=dot_fp32(dtype), PRECISION=dot_precision(dtype),
             **cfg.launch_options())
     return dg, dhs[T % 2], dcs, (dht if w_hr is not None else None)
 

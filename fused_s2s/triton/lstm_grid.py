@@ -24,8 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fused_s2s.triton.cell_math import sigmoid, tanh
-from fused_s2s.triton.lstm import INTERPRET, _dot, _dot_fp32, _output, _precision, _row_time
-from fused_s2s.triton.lstm import acc_dtype
+from fused_s2s.triton.common import INTERPRET, acc_dtype, dot, dot_fp32, dot_precision, output_buffer, row_time
 
 # The largest H whose four [H, BLOCK_H] weight slices stay on chip without spills and within an SM's 64K
 # registers (from the compile check: 16-bit at H 512 spilled with 8 warps and needed 2x the registers with 16).
@@ -78,17 +77,17 @@ def lstm_fwd_grid_kernel(
                 lens = tl.load(LEN + rows, mask=row_ok, other=0).to(tl.int32)
             else:
                 lens = tl.zeros([BLOCK_B], dtype=tl.int32) + T
-            active, t = _row_time(s, lens, row_ok, REVERSE)
+            active, t = row_time(s, lens, row_ok, REVERSE)
             ru = row_ok[:, None] & u_ok[None, :]
             au = active[:, None] & u_ok[None, :]
             # .cg: h_{t-1} was written by other SMs; read it from L2, never from a stale L1 line
             h_prev = tl.load(HS + (src * B + rows64)[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
                              other=0.0, cache_modifier=".cg")
             xp = XP + (t * B + rows64)[:, None] * G + units[None, :]
-            a_i = _dot(h_prev, w_i, DOT_FP32, PRECISION) + tl.load(xp, mask=au, other=0.0).to(ACC)
-            a_f = _dot(h_prev, w_f, DOT_FP32, PRECISION) + tl.load(xp + H, mask=au, other=0.0).to(ACC)
-            a_g = _dot(h_prev, w_g, DOT_FP32, PRECISION) + tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
-            a_o = _dot(h_prev, w_o, DOT_FP32, PRECISION) + tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
+            a_i = dot(h_prev, w_i, DOT_FP32, PRECISION) + tl.load(xp, mask=au, other=0.0).to(ACC)
+            a_f = dot(h_prev, w_f, DOT_FP32, PRECISION) + tl.load(xp + H, mask=au, other=0.0).to(ACC)
+            a_g = dot(h_prev, w_g, DOT_FP32, PRECISION) + tl.load(xp + 2 * H, mask=au, other=0.0).to(ACC)
+            a_o = dot(h_prev, w_o, DOT_FP32, PRECISION) + tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
             # activations before the c_{t-1} load, inline: loading c first (as cell_math.lstm_cell needs)
             # cost 16-bit H 256 an 8-byte spill on sm_90
             ig = sigmoid(a_i)
@@ -158,17 +157,17 @@ def lstm_fwd_grid(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lengths: Opt
     hs = torch.empty(2, B, H, dtype=dtype, device=device)
     hs[0] = h0
     cs = c0.to(acc_t, copy=True)
-    y = _output((T, B, H), dtype, device)
-    h_n = _output((B, H), dtype, device)
-    gates = _output((T, B, G), acc_t, device) if save else cs
-    cells = _output((T, B, H), acc_t, device) if save else cs
+    y = output_buffer((T, B, H), dtype, device)
+    h_n = output_buffer((B, H), dtype, device)
+    gates = output_buffer((T, B, G), acc_t, device) if save else cs
+    cells = output_buffer((T, B, H), acc_t, device) if save else cs
     sync = torch.zeros(1, dtype=torch.int32, device=device)
     if T > 0:
         lstm_fwd_grid_kernel[(triton.cdiv(H, BLOCK_H),)](
             xp, w_hh, lengths if lengths is not None else xp, hs, cs, y, h_n, gates, cells, sync, B, T, H,
             BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, H_PAD=max(16, triton.next_power_of_2(H)),
-            HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=_dot_fp32(dtype),
-            PRECISION=_precision(dtype), num_warps=NUM_WARPS, num_stages=1, maxnreg=255)
+            HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=dot_fp32(dtype),
+            PRECISION=dot_precision(dtype), num_warps=NUM_WARPS, num_stages=1, maxnreg=255)
     return y, h_n, cs.to(c0.dtype), (gates if save else None), (cells if save else None)
 
 
