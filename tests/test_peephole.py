@@ -118,8 +118,8 @@ def test_parameters_repr_and_errors():
     assert repr(m).endswith("bidirectional=True, peephole=True)")
     with pytest.raises(ValueError, match="peephole=True does not support proj_size"):
         FusedLSTM(I, H, proj_size=2, peephole=True)
-    with pytest.raises(RuntimeError, match="'triton' has no peephole-LSTM kernels"):
-        FusedLSTM(I, H, peephole=True, backend="triton")(torch.randn(T, B, I))
+    with pytest.raises(RuntimeError, match="'cuda' has no peephole-LSTM kernels"):
+        FusedLSTM(I, H, peephole=True, backend="cuda")(torch.randn(T, B, I))
     good = dict(x=torch.randn(T, B, I), h0=torch.zeros(B, H), c0=torch.zeros(B, H), w_ih=torch.randn(4 * H, I),
                 w_hh=torch.randn(4 * H, H), b_ih=None, b_hh=None, w_c=torch.randn(3 * H), lengths=None, reverse=False,
                 save=False)

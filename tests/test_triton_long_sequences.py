@@ -41,9 +41,9 @@ def test_lstm_forward_kernel_at_time_steps_past_65535(reverse):
     cells = torch.full((T, B, H), float("nan"), **dev)
     units = triton_cdiv(H, cfg.block_h) * cfg.block_h
     kernels.lstm_fwd_kernel[(triton_cdiv(B, cfg.block_b), 1)](
-        xp, w_hh, w_hh, xp, hs, cs, cs, y, h_n, gates, cells, B, T, H, H, s_begin, steps, units,
+        xp, w_hh, w_hh, xp, hs, cs, cs, y, h_n, gates, cells, w_hh, B, T, H, H, s_begin, steps, units,
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=False, HAS_LEN=False,
-        REVERSE=reverse, SAVE=True, DOT_FP32=False, PRECISION="ieee", **cfg.launch_options())
+        REVERSE=reverse, SAVE=True, PEEPHOLE=False, DOT_FP32=False, PRECISION="ieee", **cfg.launch_options())
 
     eye = torch.eye(4 * H, **dev)  # so lstm_cell's x·w_ihᵀ is xp[t] itself
     h, c = h0, c0

@@ -33,7 +33,8 @@ class FusedLSTM(FusedRecurrentBase):
     ``peephole=True`` (keyword, opt-in) adds diagonal peephole weights per layer and direction,
     ``weight_ci_l{k}``, ``weight_cf_l{k}``, ``weight_co_l{k}`` (``_reverse`` suffix; shape [hidden_size]):
     i and f also see c_{t-1}, o sees c_t (fused_s2s.reference.lstm.peephole_lstm_cell). It runs on the C++
-    kernels or the reference (no GPU kernels yet) and does not combine with proj_size. Without it the module is
+    kernels (CPU), the Triton kernels (CUDA; ``auto`` picks them) or the reference, and does not combine with
+    proj_size. Without it the module is
     exactly nn.LSTM.
     """
 

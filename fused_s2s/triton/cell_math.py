@@ -24,3 +24,15 @@ def lstm_cell(a_i, a_f, a_g, a_o, c_prev):
     og = sigmoid(a_o)
     c = fg * c_prev + ig * gg
     return ig, fg, gg, og, c, og * tanh(c)
+
+
+@triton.jit
+def peephole_lstm_cell(a_i, a_f, a_g, a_o, c_prev, w_ci, w_cf, w_co):
+    """The peephole cell (csrc/include/fused_s2s/lstm_cell.h peephole_cell_forward): i and f also see c_{t-1},
+    o sees c_t. Pre-activation gates, c_{t-1} and the peephole weights -> activated gates, c_t, h_t."""
+    ig = sigmoid(a_i + w_ci * c_prev)
+    fg = sigmoid(a_f + w_cf * c_prev)
+    gg = tanh(a_g)
+    c = fg * c_prev + ig * gg
+    og = sigmoid(a_o + w_co * c)
+    return ig, fg, gg, og, c, og * tanh(c)

@@ -14,6 +14,12 @@ Two forward kernels share one body (`lstm_fwd_kernel`); the launcher picks one p
 The backward kernel (`lstm_bwd_kernel`) is persistent and batch-tiled the same way: per step it computes
 dh → gate gradients dG (saved for the weight GEMMs) → dh_{t-1} = dG·W_hh and dc_{t-1}.
 
+PEEPHOLE (a constexpr of both kernels; the branches compile away when off) is the peephole cell of
+FusedLSTM(peephole=True) (fused_s2s/reference/lstm.py peephole_lstm_cell, csrc/include/fused_s2s/lstm_cell.h):
+i = σ(a_i + w_ci ⊙ c_{t-1}), f = σ(a_f + w_cf ⊙ c_{t-1}), o = σ(a_o + w_co ⊙ c_t). The backward adds the peephole
+paths to dc; dw_c is a reduction over rows and steps of the stored dG times the saved cells, taken by the op in
+torch (fused_s2s/ops/lstm_triton.py) like the other weight gradients. No projection with it (FusedLSTM refuses).
+
 Lengths and direction (the semantics of fused_s2s.reference.lstm.lstm_layer): at iteration s a row b is
 active while s < len_b; it then reads time t_b = s (forward) or len_b - 1 - s (reverse). An inactive row keeps
 its state and writes a zero output at time s, which is then a padding position. So every y[t, b] is written.
@@ -37,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fused_s2s.triton.cell_math import lstm_cell, tanh
+from fused_s2s.triton.cell_math import lstm_cell, peephole_lstm_cell, tanh
 from fused_s2s.triton.common import (INTERPRET, Config, acc_dtype, batch_tile, dot, dot_fp32, dot_precision,
                                      output_buffer, row_time, sm_count)
 from fused_s2s.triton.lstm_grid import lstm_fwd_grid
@@ -93,12 +99,13 @@ def lstm_fwd_kernel(
     HN,       # [B, P] final h
     GATES,    # [T, B, 4H] activated gates i, f, g, o, fp32 (SAVE; zero at padding positions)
     CELLS,    # [T, B, H] fp32 cell states (SAVE; zero at padding positions)
+    W_C,      # [3H] peephole weights w_ci, w_cf, w_co (input dtype; PEEPHOLE, which implies P == H)
     B, T, H, P,
     s_begin, n_steps,       # iterations s_begin .. s_begin + n_steps - 1
     units_per_program,      # hidden units per program along grid axis 1 (a multiple of BLOCK_H)
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    PEEPHOLE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, row_ok, rows64, lens = batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
     u_begin = tl.program_id(1) * units_per_program
@@ -141,7 +148,16 @@ def lstm_fwd_kernel(
             acc_o += tl.load(xp + 3 * H, mask=au, other=0.0).to(ACC)
             cs = CS + rows64[:, None] * H + units[None, :]
             c_prev = tl.load(cs, mask=ru, other=0.0)
-            ig, fg, gg, og, c, h = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev)
+            if PEEPHOLE:
+                # loaded here, after the K loop, so the three [BLOCK_H] weight rows are not live during it;
+                # o's peephole sees c_t, so the saved og is the gate after it (what the backward needs)
+                wc = W_C + units
+                ig, fg, gg, og, c, h = peephole_lstm_cell(
+                    acc_i, acc_f, acc_g, acc_o, c_prev, tl.load(wc, mask=u_ok, other=0.0).to(ACC)[None, :],
+                    tl.load(wc + H, mask=u_ok, other=0.0).to(ACC)[None, :],
+                    tl.load(wc + 2 * H, mask=u_ok, other=0.0).to(ACC)[None, :])
+            else:
+                ig, fg, gg, og, c, h = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev)
             tl.store(cs, tl.where(active[:, None], c, c_prev), mask=ru)
             if SAVE:
                 gp = GATES + (t * B + rows64)[:, None] * G + units[None, :]
@@ -203,9 +219,10 @@ def lstm_bwd_kernel(
     DHRAW,    # [B, H] fp32 scratch: dh before the projection (HAS_PROJ)
     DG,       # [T, B, 4H] pre-activation gate gradients (input dtype); zero at padding positions
     DHT,      # [T, B, P] fp32 dh of the projected output, for dW_hr (HAS_PROJ); zero at padding positions
+    W_C,      # [3H] peephole weights w_ci, w_cf, w_co (input dtype; PEEPHOLE, which implies P == H)
     B, T, H, P,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PEEPHOLE: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, row_ok, rows64, lens = batch_tile(LEN, B, T, BLOCK_B, HAS_LEN)
@@ -274,11 +291,24 @@ def lstm_bwd_kernel(
             dc_carry = tl.load(DCS + rows64[:, None] * H + units[None, :], mask=ru, other=0.0)
             tc = tanh(c)
             dc = dc_carry + dh * og * (1.0 - tc * tc)
+            if PEEPHOLE:
+                # o saw c_t through w_co; i and f saw c_{t-1} through w_ci, w_cf (csrc/include/fused_s2s/
+                # lstm_cell.h peephole_cell_backward). dw_c is not reduced here: it is Σ d_a·c over rows and
+                # steps, which the op takes in torch from the stored DG and the saved cells (no accumulator
+                # tiles live in this kernel, whose registers are near the spill limit already).
+                d_o = dh * tc * og * (1.0 - og)
+                dc += d_o * tl.load(W_C + 2 * H + units, mask=u_ok, other=0.0).to(ACC)[None, :]
             d_i = dc * gg * ig * (1.0 - ig)
             d_f = dc * c_prev * fg * (1.0 - fg)
             d_g = dc * ig * (1.0 - gg * gg)
-            d_o = dh * tc * og * (1.0 - og)
-            tl.store(DCS + rows64[:, None] * H + units[None, :], tl.where(active[:, None], dc * fg, dc_carry),
+            if not PEEPHOLE:
+                # here, after the other gates, as before the flag existed: the off path compiles to the same code
+                d_o = dh * tc * og * (1.0 - og)
+            dc_prev = dc * fg
+            if PEEPHOLE:
+                dc_prev += d_i * tl.load(W_C + units, mask=u_ok, other=0.0).to(ACC)[None, :]
+                dc_prev += d_f * tl.load(W_C + H + units, mask=u_ok, other=0.0).to(ACC)[None, :]
+            tl.store(DCS + rows64[:, None] * H + units[None, :], tl.where(active[:, None], dc_prev, dc_carry),
                      mask=ru)
             dgp = DG + (t * B + rows64)[:, None] * G + units[None, :]
             tl.store(dgp, tl.where(active[:, None], d_i, 0.0).to(dg_ty), mask=ru)
@@ -311,13 +341,14 @@ def lstm_bwd_kernel(
 # ---- launchers ----
 
 def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor],
-             reverse: bool, save: bool, kernel: Optional[str] = None
+             reverse: bool, save: bool, kernel: Optional[str] = None, w_c: Optional[Tensor] = None
              ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     """Recurrence over xp [T, B, 4H] (input projection plus biases): y [T, B, P], h_n [B, P], c_n [B, H] (c0's
     dtype), and when `save` the activated gates [T, B, 4H] and cells [T, B, H] (both acc_dtype) for the backward.
 
     All tensors are contiguous and on one device; lengths is int64 on that device. kernel: "persistent",
-    "per_step", "grid_persistent" or None (select_forward decides).
+    "per_step", "grid_persistent" or None (select_forward decides). w_c [3H] (w_ci, w_cf, w_co; no projection):
+    the peephole cell; the saved o gate is then the one after its peephole.
     """
     T, B, G = xp.shape
     H = G // 4
@@ -335,10 +366,10 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     gates = output_buffer((T, B, G), acc_t, device) if save else xp
     cells = output_buffer((T, B, H), acc_t, device) if save else cs
     common = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
-                  HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, DOT_FP32=dot_fp32(dtype),
-                  PRECISION=dot_precision(dtype), **cfg.launch_options())
+                  HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save, PEEPHOLE=w_c is not None,
+                  DOT_FP32=dot_fp32(dtype), PRECISION=dot_precision(dtype), **cfg.launch_options())
     args = (xp, w_hh, w_hr if w_hr is not None else w_hh, lengths if lengths is not None else xp, hs, cs, hraw,
-            y, h_n, gates, cells, B, T, H, P)
+            y, h_n, gates, cells, w_c if w_c is not None else w_hh, B, T, H, P)
     batch_programs = triton.cdiv(B, cfg.block_b)
     if T == 0:
         pass
@@ -347,6 +378,8 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     elif kernel == "grid_persistent":
         if w_hr is not None:
             raise RuntimeError("FUSED_S2S_TRITON_LSTM_KERNEL=grid_persistent cannot run: it has no proj_size support")
+        if w_c is not None:
+            raise RuntimeError("FUSED_S2S_TRITON_LSTM_KERNEL=grid_persistent cannot run: it has no peephole support")
         return lstm_fwd_grid(xp, h0, c0, w_hh, lengths, reverse, save)
     elif kernel == "per_step":
         # with a projection a program needs whole h rows: one program per batch tile, still one launch a step
@@ -361,10 +394,12 @@ def lstm_fwd(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
 
 
 def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-             lengths: Optional[Tensor], reverse: bool, gates: Tensor, cells: Tensor
+             lengths: Optional[Tensor], reverse: bool, gates: Tensor, cells: Tensor, w_c: Optional[Tensor] = None
              ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Backward recurrence: dG [T, B, 4H] (pre-activation gate gradients, zero at padding positions), dh0 [B, P]
-    (fp32), dc0 [B, H] (fp32) and, with a projection, dh of the projected output [T, B, P] (fp32) for dW_hr."""
+    (fp32), dc0 [B, H] (fp32) and, with a projection, dh of the projected output [T, B, P] (fp32) for dW_hr.
+    With w_c [3H] (the peephole cell, as lstm_fwd) dG holds the peephole cell's gate gradients; dw_c is the
+    caller's reduction Σ dG_{i,f}·c_{t-1}, Σ dG_o·c_t over rows and steps."""
     T, B, G = gates.shape
     H = G // 4
     P = w_hh.shape[1]
@@ -380,18 +415,19 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, c0: Tensor, w_hh: Tensor, w
     if T > 0:
         lstm_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
             dy, gates, cells, c0, w_hh, w_hr if w_hr is not None else w_hh,
-            lengths if lengths is not None else gates, dhs, dcs, dhraw, dg, dht, B, T, H, P,
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
-            HAS_LEN=lengths is not None, REVERSE=reverse, DOT_FP32=dot_fp32(dtype), PRECISION=dot_precision(dtype),
-            **cfg.launch_options())
+            lengths if lengths is not None else gates, dhs, dcs, dhraw, dg, dht, w_c if w_c is not None else w_hh,
+            B, T, H, P, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=w_hr is not None,
+            HAS_LEN=lengths is not None, REVERSE=reverse, PEEPHOLE=w_c is not None, DOT_FP32=dot_fp32(dtype),
+            PRECISION=dot_precision(dtype), **cfg.launch_options())
     return dg, dhs[T % 2], dcs, (dht if w_hr is not None else None)
 
 
 # ---- ahead-of-time compile cases (fused_s2s/triton/aot.py) ----
 
 def aot_cases() -> list:
-    """Every shipped config × fp32/fp16/bf16 of both kernels, each in its plain and its heaviest variant
-    (projection, lengths, reverse, saving for backward). The per-step and persistent forward kernels are one
+    """Every shipped config × fp32/fp16/bf16 of both kernels, each in its plain and its heaviest variants
+    (projection, lengths, reverse, saving for backward; the peephole cell with lengths, reverse and saving, which
+    excludes a projection). The per-step and persistent forward kernels are one
     compiled kernel (they differ in launch grid and step range only)."""
     from fused_s2s.triton.aot import AotCase
 
@@ -399,22 +435,24 @@ def aot_cases() -> list:
     for dtype in ("fp32", "fp16", "bf16"):
         dt, acc = f"*{dtype}", "*fp32"  # triton's pointer type names match ours
         precision = "ieee" if dtype == "fp32" else "tf32"
-        for variant, proj in (("plain", False), ("proj", True)):
+        for variant, proj, peephole in (("plain", False, False), ("proj", True, False), ("peephole", False, True)):
             for cfg in FWD_CONFIGS:
                 sig = {"XP": dt, "W_HH": dt, "W_HR": dt, "LEN": "*i64", "HS": dt, "CS": acc, "HRAW": acc, "Y": dt,
-                       "HN": dt, "GATES": acc, "CELLS": acc, "B": "i32", "T": "i32", "H": "i32", "P": "i32",
+                       "HN": dt, "GATES": acc, "CELLS": acc, "W_C": dt, "B": "i32", "T": "i32", "H": "i32", "P": "i32",
                        "s_begin": "i32", "n_steps": "i32", "units_per_program": "i32"}
                 consts = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=proj,
-                              HAS_LEN=True, REVERSE=proj, SAVE=True, DOT_FP32=False, PRECISION=precision)
+                              HAS_LEN=True, REVERSE=proj or peephole, SAVE=True, PEEPHOLE=peephole, DOT_FP32=False,
+                              PRECISION=precision)
                 sig.update({k: "constexpr" for k in consts})
                 cases.append(AotCase(lstm_fwd_kernel, f"lstm_fwd[{variant}]", cfg.name, dtype, sig, consts,
                                      cfg.num_warps, cfg.num_stages, {"maxnreg": cfg.maxnreg}))
             for cfg in BWD_CONFIGS:
                 sig = {"DY": dt, "GATES": acc, "CELLS": acc, "C0": dt, "W_HH": dt, "W_HR": dt, "LEN": "*i64",
-                       "DHS": acc, "DCS": acc, "DHRAW": acc, "DG": dt, "DHT": acc, "B": "i32", "T": "i32",
+                       "DHS": acc, "DCS": acc, "DHRAW": acc, "DG": dt, "DHT": acc, "W_C": dt, "B": "i32", "T": "i32",
                        "H": "i32", "P": "i32"}
                 consts = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, HAS_PROJ=proj,
-                              HAS_LEN=True, REVERSE=proj, DOT_FP32=False, PRECISION=precision)
+                              HAS_LEN=True, REVERSE=proj or peephole, PEEPHOLE=peephole, DOT_FP32=False,
+                              PRECISION=precision)
                 sig.update({k: "constexpr" for k in consts})
                 cases.append(AotCase(lstm_bwd_kernel, f"lstm_bwd[{variant}]", cfg.name, dtype, sig, consts,
                                      cfg.num_warps, cfg.num_stages, {"maxnreg": cfg.maxnreg}))
