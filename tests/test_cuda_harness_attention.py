@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fused_s2s.reference.attention import attention as ref_attention
 from fused_s2s.reference.attention import scores as ref_scores
@@ -260,8 +259,8 @@ def make_decoder(kind: str, B: int, S: int, H: int, M: int, E: int, dtype: torch
     if kind == "general":
         params = {"w": draw(M, H, scale=H ** -0.5)}
     elif kind == "additive":
-        params = {"w_query": draw(A, H, scale=k), "b_query": draw(A, scale=0.1), "w_memory": draw(A, M, scale=M ** -0.5),
-                  "v": draw(A)}
+        params = {"w_query": draw(A, H, scale=k), "b_query": draw(A, scale=0.1),
+                  "w_memory": draw(A, M, scale=M ** -0.5), "v": draw(A)}
     else:
         params = {}
     return dict(x=draw(B, E), feed=draw(B, H, scale=0.5), h=draw(L, B, H, scale=0.5), c=draw(L, B, H, scale=0.5),
@@ -325,7 +324,8 @@ def run_decoder_step(harness, workdir: Path, d, dtype, splits: int):
         ctx_h, h_top, c_top, weights = step["ctx_h"], step["h_new"], step["c_new"], step["weights"]
         assert torch.equal(ctx_h[:, M:], h_top), "ctx_h's h part is not the stored h'"
     pre = (ctx_h.double() @ d["w_out"].T).to(dtype)  # the combine GEMM, no concat
-    out = run_harness(harness, workdir / "tanh", "dec_tanh", dict(dtype=code, B=B, H=H, has_bias=1, blocks=1, threads=32),
+    out = run_harness(harness, workdir / "tanh", "dec_tanh",
+                      dict(dtype=code, B=B, H=H, has_bias=1, blocks=1, threads=32),
                       dict(pre=pre, b_out=d["b_out"].to(dtype)), dict(out=((B, H), dtype)))["out"]
     return dict(out=out.double(), h=torch.stack([l0["h_new"], h_top]).double(),
                 c=torch.stack([l0["c_new"], c_top]).double(), weights=weights.double())

@@ -33,16 +33,18 @@
 // Backward (attention_bwd_kernel): one CTA per (batch row b, split of S); each warp owns positions of the split
 // (one at a time, all Tq queries in an inner loop), recomputes p = exp(score − lse) from the saved lse, and
 //   dp = dctx·values_s,  delta = dctx·context,  ds = p·(dp − delta),
-//   d_values[s] = Σ_t p·dctx_t,  d_keys[s] = Σ_t ds·scale·q_t (dot) or Σ_t ds·v⊙(1 − u²) (additive, u = tanh(q+k)),
+//   d_values[s] = Σ_t p·dctx_t,
+//   d_keys[s] = Σ_t ds·scale·q_t (dot) or Σ_t ds·v⊙(1 − u²) (additive, u = tanh(q + k)),
 // accumulating d_keys[s] and d_values[s] in fp32 shared memory and writing each once (no atomics). d_query
 // and d_v are sums over positions: each warp adds its positions' terms into its own fp32 slice of a workspace
 // (dq_part, dv_part; no other warp touches it), and attention_bwd_reduce_kernel sums the slices in a fixed
 // order (deterministic) and writes d_query and d_v.
 //
-// Launch (the binding's job; attention_plan gives every number): blockDim.x a multiple of 32 in
+// Launch: attention_plan gives splits, chunk, shared memory and workspace sizes (or why a shape does not fit);
+// attention_fwd_launch / attention_bwd_launch below run the kernels in order: blockDim.x a multiple of 32 in
 // [32, kAttnMaxThreads]; forward grid = B·Tq·splits, then (splits > 1) the combine with grid = B·Tq;
-// backward grid = B·splits, then the reduce with grid = B·Tq (+1 when d_v is wanted). Dynamic shared memory
-// from the plan; no cooperative launch (no CTA waits on another). Workspaces need no zeroing.
+// backward grid = B·splits, then the reduce with grid = B·Tq (+1 when d_v is wanted). No cooperative launch
+// (no CTA waits on another). Workspaces need no zeroing. lengths are int64, as torch's default integer.
 #pragma once
 
 #include <cmath>
@@ -168,13 +170,13 @@ struct AttentionPlan {
   std::size_t combine_smem = 0;   // attention_fwd_combine_kernel (launched only when splits > 1)
   std::size_t bwd_smem = 0;       // attention_bwd_kernel
   std::size_t fwd_workspace_floats = 0;  // part_ml + part_ctx (0 when splits = 1), scores not included
-  std::size_t bwd_workspace_floats = 0;  // dq_part + dv_part
+  std::size_t bwd_workspace_floats = 0;  // dq_part + dv_part (dv_part only read for additive scores)
   std::string reason;             // empty when the kernels take this shape
   bool fits() const { return reason.empty(); }
 };
 
-// min_positions_per_split: the fewest positions worth a CTA (below it the partial's write and the combine cost more
-// than the positions). The split count aims at about two CTAs per SM over the B·Tq rows (forward) and B rows
+// min_positions_per_split: the fewest positions worth a CTA (below it the partial's write and the combine cost
+// more than the positions). The split count aims at about two CTAs per SM over the B·Tq rows (forward) and B rows
 // (the backward uses the same split, so one plan describes both).
 inline AttentionPlan attention_plan(int B, int Tq, int S, int D, int M, int sm_count, std::size_t max_smem_per_cta,
                                     int threads = 128, int min_positions_per_split = 32) {
