@@ -70,16 +70,21 @@ torch.cuda.get_device_name(0))'"
 # puts the repo root first on sys.path) and the editable install maps fused_s2s._C to the build it made.
 run_stage build 300 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -e .
 
-run_stage cuda_kernels_registered 30 "$PYTHON" -c "from fused_s2s.ops import lstm_cuda
+run_stage cuda_kernels_registered 30 "$PYTHON" -c "import sys
+import fused_s2s.ops.attention, fused_s2s.ops.decoder_step
+from fused_s2s.ops import lstm_cuda
 assert lstm_cuda.cuda_kernels_built(), 'fused_s2s._C has no CUDA kernels: see the build stage'
-print('fused_s2s::cuda_lstm_layer_fwd/_bwd have CUDA kernels')"
+assert sys.modules['fused_s2s.ops.attention'].cuda_kernels_built(), 'no CUDA attention kernels: see the build stage'
+assert sys.modules['fused_s2s.ops.decoder_step'].cuda_kernels_built(), 'no CUDA decoder-step kernel: see the build'
+print('fused_s2s::cuda_lstm_layer_fwd/_bwd, attention_fwd/_bwd and decoder_step have CUDA kernels')"
 
 # The CUDA ops on the GPU first; the rest of tests/test_cuda_*.py (CPU harness, dispatch, the nvcc check that
 # skips on a CUDA torch) also run in CPU CI, so they come after the sanitizers and the benchmark.
-run_stage cuda_gpu_tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_lstm.py
+GPU_CUDA_TESTS=(tests/test_cuda_lstm.py tests/test_cuda_attention.py)
+run_stage cuda_gpu_tests 210 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${GPU_CUDA_TESTS[@]}"
 OTHER_CUDA_TESTS=()
 for f in tests/test_cuda_*.py; do
-  [[ "$f" == tests/test_cuda_lstm.py ]] || OTHER_CUDA_TESTS+=("$f")
+  [[ " ${GPU_CUDA_TESTS[*]} " == *" $f "* ]] || OTHER_CUDA_TESTS+=("$f")
 done
 
 # PYTORCH_NO_CUDA_MEMORY_CACHING: every tensor its own cudaMalloc, so memcheck sees an access past a tensor

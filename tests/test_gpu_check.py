@@ -76,9 +76,10 @@ def test_every_stage_runs_and_success_exits_zero(tmp_path):
     assert "compute-sanitizer --tool memcheck --error-exitcode 1" in calls
     assert "compute-sanitizer --tool racecheck --error-exitcode 1" in calls
     assert "-m fused_s2s.bench.gpu_check --out" in calls
-    assert "pytest -q -p no:cacheprovider -rs tests/test_cuda_lstm.py\n" in calls
+    assert "pytest -q -p no:cacheprovider -rs tests/test_cuda_lstm.py tests/test_cuda_attention.py\n" in calls
     other = next(line for line in calls.splitlines() if "test_cuda_harness.py" in line)
-    assert "test_cuda_compile.py" in other and "test_cuda_lstm.py " not in other + " "
+    assert "test_cuda_compile.py" in other and "test_cuda_attention_dispatch.py" in other
+    assert "test_cuda_lstm.py " not in other + " " and "test_cuda_attention.py " not in other + " "
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert all(f"=== {s}: exit 0" in log for s in STAGES)
 

@@ -26,9 +26,10 @@ from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.nn.bridge import Bridge, BRIDGES
 from fused_s2s.nn.cells import FusedGRU
 from fused_s2s.nn.lstm import FusedLSTM
-from fused_s2s.ops.attention import BACKENDS as _attention_backends
 from fused_s2s.ops.attention import attention as fused_attention
+from fused_s2s.ops.attention import cuda_kernels_built as attention_has_cuda_kernels
 from fused_s2s.ops.decoder_step import attention_keys, prepare_decoder_weights
+from fused_s2s.ops.decoder_step import cuda_kernels_built as decoder_step_has_cuda_kernels
 from fused_s2s.ops.decoder_step import decoder_step as fused_decoder_step
 
 __all__ = ["FusedDecoder", "DecoderState", "ATTENTION_KINDS", "CELLS"]
@@ -112,19 +113,14 @@ class _AttentionParams(nn.Module):
 def _ops_backend(backend: str) -> str:
     """The backend of the attention and decoder-step ops for a decoder built with `backend`.
 
-    "cuda" names the CUDA C++ LSTM kernels; the attention and decoder-step op families take "cuda" only once
-    their own CUDA kernels are registered, so until then they run on their "auto" choice (Triton on CUDA)."""
+    "cuda" names the CUDA C++ kernels of every op family that has them: the attention and decoder-step ops take
+    "cuda" where the extension registered their CUDA kernels (a build against a CUDA torch:
+    csrc/cuda_bindings/attention_cuda.cu, decoder_step_cuda.cu); in a build without them they run on their
+    "auto" choice (Triton on CUDA), so a decoder built with "cuda" still constructs there."""
     if backend != "cuda":
         return backend
-
-    def has_cuda_kernel(op: str) -> bool:
-        try:
-            return torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_s2s::{op}", "CUDA")
-        except RuntimeError:  # the op is not defined at all (fused_s2s._C not loaded)
-            return False
-
-    has_cuda = all(has_cuda_kernel(op) for op in ("attention_fwd", "decoder_step"))
-    return "cuda" if has_cuda and "cuda" in _attention_backends else "auto"
+    has_cuda = attention_has_cuda_kernels() and decoder_step_has_cuda_kernels()
+    return "cuda" if has_cuda else "auto"
 
 
 class FusedDecoder(nn.Module):
@@ -137,7 +133,7 @@ class FusedDecoder(nn.Module):
         input_feeding: layer 0 reads cat(x_t, h̃_{t-1}). dropout: between LSTM layers, training only.
         bias: biases of the LSTM and of linear_out. backend: "auto" | "cpu" | "triton" | "cuda" | "reference";
             "cuda" runs the recurrent layers on the CUDA C++ LSTM kernels (cell "lstm" only) and the attention
-            and decoding-step ops on their "auto" choice (see _ops_backend).
+            and decoding-step ops on their CUDA C++ kernels where the build has them (see _ops_backend).
         bridge: how init_state maps an encoder's (h_n, c_n): "concat" (directions concatenated per layer) or
             "linear" (a learned Linear(D * encoder_hidden_size -> H) for h and one for c, built here; needs
             encoder_hidden_size and encoder_directions).

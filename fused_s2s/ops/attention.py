@@ -12,11 +12,19 @@ and keys = w_memory·memory, which a decoder computes once per source (`keys=`).
 the saved log-sum-exp. The returned weights carry no gradient (use backend="reference" to differentiate them).
 Backends: "auto" (CPU tensors: "cpu"; CUDA: "triton" where its kernels hold the feature sizes, up to 128 for
 dot scores and 256 for additive, else "reference", i.e. torch ops), "cpu", "triton" (CUDA, or CPU tensors
-under TRITON_INTERPRET=1), "reference".
+under TRITON_INTERPRET=1), "cuda", "reference".
+
+backend="cuda" runs the CUDA C++ kernels (csrc/cuda/attention.cuh), which csrc/cuda_bindings/attention_cuda.cu
+registers for these same ops under the CUDA dispatch key: the op, its fake kernel and its autograd are the CPU
+op's, and the tensors' device picks the kernel. They take float32, bfloat16 and float16 natively (fp32
+arithmetic, lse always float32); float64, or feature sizes whose rows do not fit in shared memory, run on the
+"auto" choice instead, with a warning naming the reason (once per kind). "auto" keeps Triton on CUDA tensors
+until a GPU has measured the CUDA kernels (issue 15).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -25,12 +33,66 @@ from torch import Tensor
 
 import fused_s2s._C  # noqa: F401  (registers the fused_s2s::attention_* C++ ops)
 from fused_s2s.lengths_check import check_lengths_in_range
-from fused_s2s.ops.lstm import triton_unavailable_reason
+from fused_s2s.ops import lstm_cuda
+from fused_s2s.ops.lstm import _C_ERROR, triton_unavailable_reason
 from fused_s2s.reference import attention as _reference
 from fused_s2s.triton.limits import ATTENTION_ADDITIVE_MAX_FEATURES, ATTENTION_DOT_MAX_FEATURES
 
 KINDS = _reference.KINDS
-BACKENDS = ("auto", "cpu", "triton", "reference")
+BACKENDS = ("auto", "cpu", "triton", "cuda", "reference")
+CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# attention_plan (csrc/cuda/attention.cuh): the bindings launch 128 threads (4 warps) per CTA, and tiles of 64
+# positions in the forward.
+_CUDA_THREADS, _CUDA_TILE = 128, 64
+
+
+def cuda_kernels_built() -> bool:
+    """Whether the loaded extension registered the CUDA attention kernels (built against a CUDA torch)."""
+    return _has_cuda_kernel("fused_s2s::attention_fwd")
+
+
+def _has_cuda_kernel(op: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+    except RuntimeError:  # the op is not defined at all (fused_s2s._C not loaded)
+        return False
+
+
+def cuda_unavailable_reason(device: torch.device) -> Optional[str]:
+    """Why backend 'cuda' cannot run attention on `device` at all, or None (lstm_cuda's words)."""
+    return lstm_cuda.cuda_unavailable_reason(device, _C_ERROR, built=cuda_kernels_built())
+
+
+def cuda_unsupported_reason(dtype: torch.dtype, device: torch.device, T: int, D: int, M: int) -> Optional[str]:
+    """Why the CUDA attention kernels cannot take this input (so it runs on the "auto" choice), or None.
+
+    T query rows per batch row, D the scored feature size (the projected query's), M the memory size. The
+    shared memory is attention_plan's, which the bindings check for the forward and the backward together:
+    forward 4·(D + 64 + M + 4) bytes, backward 4·(T + warps·(D + M))."""
+    if dtype not in CUDA_DTYPES:
+        return f"the CUDA attention kernels take float32, bfloat16 or float16, got {dtype}"
+    if min(D, M) < 1:
+        return f"the CUDA attention kernels need feature sizes >= 1, got D={D} M={M}"
+    need = 4 * max(D + _CUDA_TILE + M + 4, T + (_CUDA_THREADS // 32) * (D + M))
+    if device.type == "cuda":
+        _sm_count, smem = lstm_cuda._device_limits(device)
+        if need > smem:
+            return (f"attention: D={D} M={M} T={T} needs {need} bytes of shared memory per CTA; the device allows "
+                    f"{smem}")
+    return None
+
+
+# The kinds of reason already warned about: a fallback is stated once per kind, not once per call.
+_FALLBACK_WARNED: set[str] = set()
+
+
+def cuda_fallback(reason: str, what: str, fallback: str) -> str:
+    """backend="cuda" on an input the CUDA kernels cannot take: `fallback`, with a warning saying why."""
+    kind = what + ":" + reason.split(",")[0].split(" D=")[0]
+    if kind not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(kind)
+        warnings.warn(f"fused_s2s: backend 'cuda' runs this {what} on {fallback!r} instead: {reason}", stacklevel=3)
+    return fallback
 
 
 def triton_fits(kind: str, memory_size: int, score_size: int) -> bool:
@@ -46,6 +108,10 @@ def _resolve(backend: str, device: torch.device, fits_triton: bool = True) -> st
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":  # on CUDA: Triton, or torch ops (the reference) for features the kernels don't hold
         backend = "cpu" if device.type == "cpu" else ("triton" if fits_triton else "reference")
+    if backend == "cuda":
+        reason = cuda_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"attention backend 'cuda' is unavailable: {reason}")
     if backend == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:
@@ -91,6 +157,13 @@ def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], k
     check_inputs(query, memory, memory_lengths, kind)
     score_size = params["v"].shape[0] if kind == "additive" else memory.shape[-1]
     backend = _resolve(backend, query.device, triton_fits(kind, memory.shape[-1], score_size))
+    if backend == "cuda":
+        D = score_size if kind == "additive" else memory.shape[-1]
+        T = query.shape[1] if query.dim() == 3 else 1
+        reason = cuda_unsupported_reason(query.dtype, query.device, T, D, memory.shape[-1])
+        if reason is not None:
+            backend = cuda_fallback(reason, "attention", _resolve(
+                "auto", query.device, triton_fits(kind, memory.shape[-1], score_size)))
     if backend == "reference":
         return _reference.attention(query, memory, memory_lengths, kind, params, return_weights)
     single = query.dim() == 2
@@ -107,7 +180,9 @@ def attention(query: Tensor, memory: Tensor, memory_lengths: Optional[Tensor], k
         keys = precompute_keys(memory, kind, params)
     op = torch.ops.fused_s2s.attention_fwd if backend != "triton" else torch.ops.fused_s2s.triton_attention_fwd
     dtype = q.dtype
-    if dtype not in (torch.float32, torch.float64):  # 16-bit: the fp32 kernel, rounded back (as the LSTM op)
+    # 16-bit on the CPU and Triton kernels: the fp32 kernel, rounded back (as the LSTM op). The CUDA kernels
+    # hold 16-bit tensors themselves (fp32 arithmetic inside).
+    if dtype not in (torch.float32, torch.float64) and backend != "cuda":
         q, keys, memory = q.float(), keys.float(), memory.float()
         v = v.float() if v is not None else None
     context, _lse, weights = op(q, keys, memory, memory_lengths, v, scale, return_weights)
@@ -154,7 +229,10 @@ def triton_attention_bwd(d_context: Tensor, query: Tensor, keys: Tensor, values:
 def _attention_fwd_fake(query, keys, values, lengths, v, scale, return_weights):
     B, T, _ = query.shape
     weights = query.new_empty(B, T, keys.shape[1]) if return_weights else query.new_empty(0)
-    return query.new_empty(B, T, values.shape[2]), query.new_empty(B, T), weights
+    # lse in query's dtype for float32/float64 (the CPU op); float32 for 16-bit queries, which only the CUDA
+    # kernels take (csrc/cuda_bindings/attention_cuda.cu).
+    lse_dtype = query.dtype if query.dtype in (torch.float32, torch.float64) else torch.float32
+    return query.new_empty(B, T, values.shape[2]), query.new_empty(B, T, dtype=lse_dtype), weights
 
 
 @torch.library.register_fake("fused_s2s::triton_attention_bwd")

@@ -10,6 +10,11 @@ Per-source and per-model work is hoisted out of the step:
   * `attention_keys` computes the keys ONCE per source: memory (dot), memory / sqrt(H) folded into a scale
     (scaled_dot), memory · w (Luong general: (w h)·m = h·(wᵀm)), memory · w_memoryᵀ (additive).
 
+backend="cuda" runs the CUDA C++ kernels (csrc/cuda/decoder_step.cuh), which
+csrc/cuda_bindings/decoder_step_cuda.cu registers for this same op under the CUDA dispatch key (float32,
+bfloat16, float16); float64 or a memory too wide for shared memory runs on the "auto" choice instead, with a
+warning naming the reason. "auto" keeps Triton on CUDA tensors until a GPU has measured the CUDA kernels.
+
 Inference only: there is no autograd formula. If grad mode is on and any input requires grad, the op raises
 (a RuntimeError saying so) rather than silently returning a result without a graph; train through the
 differentiable pieces (FusedDecoder.forward) or call with backend="reference".
@@ -23,6 +28,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from fused_s2s.ops import lstm_cuda
+from fused_s2s.ops.attention import _has_cuda_kernel, cuda_fallback, cuda_unsupported_reason
 from fused_s2s.ops.lstm import _C_ERROR, resolve_backend
 from fused_s2s.reference import decoder as _reference
 from fused_s2s.triton.limits import DECODER_STEP_MAX_MEMORY
@@ -115,6 +122,31 @@ def _kernels_take(x: Tensor, memory: Tensor) -> bool:
     return x.dtype in (torch.float32, torch.bfloat16, torch.float16) and memory.shape[-1] <= DECODER_STEP_MAX_MEMORY
 
 
+def cuda_kernels_built() -> bool:
+    """Whether the loaded extension registered the CUDA decoder-step kernels (built against a CUDA torch)."""
+    return _has_cuda_kernel("fused_s2s::decoder_step")
+
+
+def cuda_unavailable_reason(device: torch.device) -> Optional[str]:
+    """Why backend 'cuda' cannot run the decoder step on `device` at all, or None (lstm_cuda's words)."""
+    return lstm_cuda.cuda_unavailable_reason(device, _C_ERROR, built=cuda_kernels_built())
+
+
+def _cuda_unsupported_reason(x: Tensor, memory: Tensor, weights: "DecoderStepWeights",
+                             keys: Optional["AttentionKeys"]) -> Optional[str]:
+    """Why the CUDA step kernels cannot take this input, or None: the attention's limits with one query row,
+    scored over the (projected) query's size: A (additive), M (general with a projected query), else H."""
+    H, M = weights.w_out.shape[0], memory.shape[-1]
+    kind = weights.attn_kind
+    if kind == "additive":
+        D = weights.attn_params["v"].shape[0]
+    elif kind == "general" and (keys is None or keys.project_query):
+        D = M
+    else:
+        D = H
+    return cuda_unsupported_reason(x.dtype, x.device, 1, D, M)
+
+
 def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weights: DecoderStepWeights,
                  memory: Tensor, memory_lengths: Optional[Tensor] = None, keys: Optional[AttentionKeys] = None,
                  backend: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -128,6 +160,14 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weight
     if backend == "auto" and not _kernels_take(x, memory):
         backend = "reference"
     backend = resolve_backend(backend, x.device)
+    if backend == "cuda":
+        unavailable = cuda_unavailable_reason(x.device)
+        if unavailable is not None:
+            raise RuntimeError(f"decoder_step backend 'cuda' is unavailable: {unavailable}")
+        reason = _cuda_unsupported_reason(x, memory, weights, keys)
+        if reason is not None:
+            backend = resolve_backend(cuda_fallback(reason, "decoder step",
+                                                    "triton" if _kernels_take(x, memory) else "reference"), x.device)
     if backend == "reference":
         return _reference.decoder_step(x, feed, h, c, weights.lstm_weights, weights.attn_kind, weights.attn_params,
                                        weights.w_out, weights.b_out, memory, memory_lengths)

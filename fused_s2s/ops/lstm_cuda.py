@@ -48,12 +48,15 @@ def cuda_kernels_built() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fused_s2s::cuda_lstm_layer_fwd", "CUDA")
 
 
-def cuda_unavailable_reason(device: torch.device, c_error: Optional[str]) -> Optional[str]:
-    """Why backend 'cuda' cannot run on `device` at all, or None. c_error: why fused_s2s._C failed to load."""
+def cuda_unavailable_reason(device: torch.device, c_error: Optional[str],
+                            built: Optional[bool] = None) -> Optional[str]:
+    """Why backend 'cuda' cannot run on `device` at all, or None. c_error: why fused_s2s._C failed to load.
+    built: whether the op family asking registered its CUDA kernels (default: the LSTM's, cuda_kernels_built;
+    the attention and decoder-step ops pass their own)."""
     reasons = []
     if c_error is not None:
         reasons.append(c_error)
-    elif not cuda_kernels_built():
+    elif not (cuda_kernels_built() if built is None else built):
         cuda = torch.version.cuda
         reasons.append("fused_s2s._C was built without the CUDA kernels ("
                        + ("torch is a CPU build, torch.version.cuda is None" if cuda is None else
