@@ -69,6 +69,9 @@ AttentionPlan plan_or_throw(const char* op, const Sizes& s, const binding::Devic
                                       static_cast<int>(s.D), static_cast<int>(s.M), dev.sm_count,
                                       static_cast<std::size_t>(dev.max_smem_per_cta));
   TORCH_CHECK(plan.fits(), op, ": ", plan.reason);
+  // Grids: B·T·splits CTAs forward, B·splits backward (int, and at most 2^31 - 1 blocks).
+  TORCH_CHECK(s.B * s.Tq * plan.splits <= INT_MAX, op, ": B=", s.B, " T=", s.Tq, " S=", s.S, " needs ",
+              s.B * s.Tq * plan.splits, " CTAs, more than a grid holds");
   return plan;
 }
 

@@ -144,6 +144,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decoder_step_cuda(
                                             static_cast<int>(M), dev.sm_count,
                                             static_cast<std::size_t>(dev.max_smem_per_cta));
   TORCH_CHECK(plan.fits(), "decoder_step: ", plan.reason);
+  TORCH_CHECK(B * plan.splits <= INT_MAX, "decoder_step: B=", B, " S=", S, " needs ", B * plan.splits,
+              " CTAs, more than a grid holds");
   const Tensor cc = c.contiguous(), k = keys.contiguous(), mem = memory.contiguous();
   Tensor ctx_h = at::empty({B, M + H}, opts);  // [context | h_top]: the combine GEMM's input
   Tensor lse = at::empty({B}, f32);
