@@ -214,7 +214,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decoder_step_cuda(
     out = at::linear(ctx_h, w_out).contiguous();  // [B, H]
     const Tensor bias = b_out.has_value() ? b_out->contiguous() : Tensor();
     launch(&decoder_combine_tanh_kernel<T>, pointwise_grid(B * H), kPointwiseThreads, std::size_t{0},
-           binding::ptr<T>(out), bias.defined() ? binding::cptr<T>(bias) : nullptr, static_cast<int>(B), static_cast<int>(H));
+           binding::ptr<T>(out), bias.defined() ? binding::cptr<T>(bias) : nullptr, static_cast<int>(B),
+           static_cast<int>(H));
   });
   return {out, h_new, c_new, attn};
 }
