@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,17 @@ def test_cuda_is_a_backend_the_lstm_modules_accept():
         FusedLSTM(3, 4, backend="cudnn")
 
 
-def test_decoder_runs_attention_and_step_on_auto_until_those_ops_have_cuda_kernels():
-    """FusedDecoder(backend="cuda") gives "cuda" to its LSTM; its attention and step ops get "auto" while their
-    op family registers no CUDA kernel (true on any CPU build), so they never see a backend they reject."""
+def test_decoder_runs_attention_and_step_on_cuda_where_those_ops_have_cuda_kernels():
+    """FusedDecoder(backend="cuda") gives "cuda" to its LSTM; its attention and step ops get "cuda" where the
+    extension registered their CUDA kernels, else "auto" (any CPU build), so they never see a backend they
+    reject. The choice itself: tests/test_cuda_attention_dispatch.py."""
+    import fused_s2s.ops.attention  # noqa: F401  (the modules: their names are also the public functions')
+    import fused_s2s.ops.decoder_step  # noqa: F401
+
+    built = (sys.modules["fused_s2s.ops.attention"].cuda_kernels_built()
+             and sys.modules["fused_s2s.ops.decoder_step"].cuda_kernels_built())
     decoder = FusedDecoder(3, 4, 4, backend="cuda")
-    assert decoder.lstm.backend == "cuda" and decoder._ops_backend == "auto"
+    assert decoder.lstm.backend == "cuda" and decoder._ops_backend == ("cuda" if built else "auto")
     assert FusedDecoder(3, 4, 4, backend="triton")._ops_backend == "triton"
 
 
