@@ -19,6 +19,7 @@
 
 #include "gemm.h"
 #include "layer_common.h"
+#include "lstm_bf16_layer.h"
 #include "lstm_kernels.h"
 
 namespace fused_s2s::cpu {
@@ -50,8 +51,16 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "lstm_layer: w_hr must be [P, ", H, "], got ", w_hr->sizes());
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, P}), "lstm_layer: h0 must be [", B, ", ", P, "], got ", h0.sizes());
   TORCH_CHECK(c0.sizes() == at::IntArrayRef({B, H}), "lstm_layer: c0 must be [", B, ", ", H, "], got ", c0.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "lstm_layer: the CPU kernel takes float32 or float64, got ", x.scalar_type());
+  if (x.scalar_type() == at::kBFloat16) {  // the native bf16 kernel (lstm_bf16_layer.h)
+    TORCH_CHECK(bf16_native_enabled(), "lstm_layer: bf16 on the CPU needs the native bf16 kernel, which is off "
+                "here (fused_s2s.ops.lstm_layer runs bf16 through the fp32 kernel instead)");
+    TORCH_CHECK(!w_hr.has_value(), "lstm_layer: the native bf16 kernel has no projection (proj_size)");
+    TORCH_CHECK(T > 0, "lstm_layer: the native bf16 kernel needs at least one step");
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                "lstm_layer: the CPU kernel takes float32, float64 or (natively, where supported) bfloat16, got ",
+                x.scalar_type());
+  }
   TORCH_CHECK(H > 0, "lstm_layer: hidden_size must be greater than zero");
   std::vector<const at::Tensor*> tensors = {&h0, &c0, &w_ih, &w_hh};
   if (w_hr.has_value()) tensors.push_back(&*w_hr);
@@ -97,6 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& w_hr_in, const std::optional<at::Tensor>& lengths, bool reverse) {
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr_in, lengths);
   check_biases(x_in, w_ih_in.size(0) / 4, b_ih, b_hh);
+  if (x_in.scalar_type() == at::kBFloat16)
+    return lstm_bf16_fwd(x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, lengths, reverse, /*save=*/true);
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const std::optional<at::Tensor> w_hr =
       w_hr_in.has_value() ? std::optional<at::Tensor>(w_hr_in->contiguous()) : std::nullopt;
@@ -165,6 +176,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
   }
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr, lengths);
   check_biases(x_in, w_ih_in.size(0) / 4, b_ih, b_hh);
+  if (x_in.scalar_type() == at::kBFloat16) {
+    auto [y, h_n, c_n, gates, cells] =
+        lstm_bf16_fwd(x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, lengths, reverse, /*save=*/false);
+    return {y, h_n, c_n};
+  }
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
   // Nothing is saved for backward, so the input projection is computed a chunk of steps at a time into
@@ -212,22 +228,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               dh_n.sizes());
   TORCH_CHECK(dc_n.sizes() == at::IntArrayRef({B, H}), "lstm_layer_bwd: dc_n must be [", B, ", ", H, "], got ",
               dc_n.sizes());
+  const bool bf16 = x.scalar_type() == at::kBFloat16;  // saves fp32 cells (lstm_bf16_layer.h)
   for (const at::Tensor* t : {&dy_in, &dh_n, &dc_n, &y, &gates, &cells})
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+    TORCH_CHECK(t->scalar_type() == (bf16 && t == &cells ? at::kFloat : x.scalar_type()) && t->device() == x.device(),
                 "lstm_layer_bwd: every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(),
                 "), got ", t->scalar_type(), ", ", t->device());
   // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
 
-  at::Tensor dgates = empty_buffer({T, B, 4 * H}, x.options());
-  at::Tensor dh = dh_n.contiguous().clone();  // gradient reaching the recurrent state h_t (P wide)
-  at::Tensor dc = dc_n.contiguous().clone();
+  at::Tensor dgates, dh, dc;  // dh: gradient reaching the recurrent state h_t (P wide)
+  if (bf16) {
+    std::tie(dgates, dh, dc) = lstm_bf16_bwd_recurrence(dy, dh_n, dc_n, c0, w_hh_in, lengths, reverse, gates, cells);
+  } else {
+    dgates = empty_buffer({T, B, 4 * H}, x.options());
+    dh = dh_n.contiguous().clone();
+    dc = dc_n.contiguous().clone();
+  }
   at::Tensor dr_all = proj ? empty_buffer({T, B, P}, x.options()) : at::Tensor();  // gradient at y[t]+recurrence
   // o*tanh(c) before the projection, kept only for dW_hr
   at::Tensor h_raw = proj && need_dw ? empty_buffer({T, B, H}, x.options()) : at::Tensor();
   const at::Tensor c0c = c0.contiguous();
   ActiveRows active(lengths, B);
 
-  if (!proj && use_fused_recurrence()) {
+  if (bf16) {
+    // the recurrence ran above; the GEMMs below take the bf16 dgates (fp32 accumulation inside oneDNN)
+  } else if (!proj && use_fused_recurrence()) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
       const int64_t width = small_gemm_panel_width<scalar_t>();
       at::Tensor panels = empty_buffer({(H + width - 1) / width, 4 * H, width}, x.options());
