@@ -44,6 +44,12 @@ std::optional<at::Tensor> fp32_bias(const std::optional<at::Tensor>& b_ih, const
   return sum;
 }
 
+// AMX products where the CPU has them, unless FUSED_S2S_BF16_AMX=0 (the tests run both product kernels).
+bool use_amx() {
+  const char* env = std::getenv("FUSED_S2S_BF16_AMX");
+  return !(env != nullptr && std::strcmp(env, "0") == 0) && bf16_amx_supported();
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16_fwd(
@@ -52,21 +58,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16
     const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
   TORCH_CHECK(bf16_native_enabled(), "lstm_layer: the native bf16 kernel is not available on this machine");
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4, Hp = (H + 1) / 2 * 2;
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
+  const bool amx = use_amx();
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
   const std::optional<at::Tensor> bias = fp32_bias(b_ih, b_hh);
   at::Tensor panels = at::empty({bf16_fwd_panels_elems(H)}, x.options());
   bf16_pack_fwd_panels(bits(w_hh), H, bits(panels));
   at::Tensor y = empty_buffer({T, B, H}, x.options());
-  // h_{t-1} for the product, rows padded to an even length with a zero (the products take K in pairs)
-  at::Tensor h_buf = at::zeros({2, B, Hp}, x.options());
-  h_buf[0].narrow(1, 0, H).copy_(h0);
+  // h_{t-1} for the product, zero-padded to whole tiles: the products take K in blocks of 32 (rows in
+  // blocks of 16 with AMX)
+  at::Tensor h_buf = at::zeros({2, bf16_rows(B, amx), bf16_fwd_k(H)}, x.options());
+  h_buf[0].narrow(0, 0, B).narrow(1, 0, H).copy_(h0);
   at::Tensor c_state = c0.to(at::kFloat).contiguous().clone();
   const CpuLengths lengths_cpu(lengths);
   auto run = [&](const at::Tensor& gates, const at::Tensor& cells, int64_t n, int64_t t0) {
     bf16_fused_recurrence({bits(panels), bits(gates), bias.has_value() ? bias->data_ptr<float>() : nullptr,
                            cells.data_ptr<float>(), bits(y[t0]), bits(h_buf), c_state.data_ptr<float>(),
-                           lengths_cpu.data(), n, B, H, reverse, t0});
+                           lengths_cpu.data(), n, B, H, reverse, t0, amx});
   };
   at::Tensor gates, cells;
   if (save) {
@@ -85,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16
       if (n % 2 == 1) h_buf[0].copy_(h_buf[1]);  // the next chunk starts from h_buf[0]
     }
   }
-  const at::Tensor h_n = h_buf[save ? T % 2 : 0].narrow(1, 0, H).clone(at::MemoryFormat::Contiguous);
+  const at::Tensor h_n = h_buf[save ? T % 2 : 0].narrow(0, 0, B).narrow(1, 0, H).clone(at::MemoryFormat::Contiguous);
   return {y, h_n, c_state.to(x.scalar_type()), gates, cells};
 }
 
@@ -102,14 +110,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
   const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
   at::Tensor panels = at::empty({bf16_bwd_panels_elems(H)}, w_hh.options());
   bf16_pack_bwd_panels(bits(w_hh), H, bits(panels));
-  at::Tensor dgates = empty_buffer({T, B, 4 * H}, dy.options());
+  const bool amx = use_amx() && (4 * H) % 32 == 0;
+  // With AMX the last step's product reads whole 16-row tiles of dG: 16 zero rows past the end keep that
+  // read inside the buffer (the extra rows' results are ignored).
+  at::Tensor dg_buf = empty_buffer({T * B + (amx ? 16 : 0), 4 * H}, dy.options());
+  if (amx) dg_buf.narrow(0, T * B, 16).zero_();
+  at::Tensor dgates = dg_buf.narrow(0, 0, T * B).view({T, B, 4 * H});
   at::Tensor dh = dh_n.to(at::kFloat).contiguous().clone();
   at::Tensor dc = dc_n.to(at::kFloat).contiguous().clone();
   const at::Tensor c0f = c0.to(at::kFloat).contiguous();
   const CpuLengths lengths_cpu(lengths);
   bf16_fused_recurrence_bwd({bits(panels), bits(gates), cells.data_ptr<float>(), c0f.data_ptr<float>(), bits(dy),
                              bits(dgates), dh.data_ptr<float>(), dc.data_ptr<float>(), lengths_cpu.data(), T, B, H,
-                             reverse});
+                             reverse, amx});
   return {dgates, dh.to(dy.scalar_type()), dc.to(dy.scalar_type())};
 }
 

@@ -9,6 +9,10 @@
 // the product's operands are bf16 (h_{t-1}, dG) and the rest is fp32: gate pre-activations (accumulator +
 // the bf16 input projection + the fp32 bias), the cell math, c and the state gradients dh, dc.
 #include <immintrin.h>
+#if defined(FS2S_WITH_AMX)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -89,20 +93,82 @@ void dp_product(const uint16_t* x, int64_t ldx, int64_t B, const uint16_t* panel
   }
 }
 
+#if defined(FS2S_WITH_AMX)
+// AMX tiles for amx_product: tmm0-3 the four 16 x 16 fp32 column blocks of a panel, tmm4 16 rows x 32 K of
+// x, tmm5/tmm6 16 K-pairs x 16 columns of the panel (vdpbf16ps's pair layout is also TDPBF16PS's B layout).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64};  // bytes per row: 16 fp32, 32 bf16, 16 pairs
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16};
+};
+
+// The tile registers hold this config for the duration of one step's work in this thread: loaded at the
+// start (oneDNN's GEMMs in the same OpenMP threads load their own between our calls) and released at the
+// end (a thread holding tile state costs an 8 KB save on every context switch).
+struct TileScope {
+  explicit TileScope(bool on) : on_(on) {
+    static const TileConfig cfg;
+    if (on_) _tile_loadconfig(&cfg);
+  }
+  ~TileScope() {
+    if (on_) _tile_release();
+  }
+  bool on_;
+};
+
+// acc[Bp, 64] = x[Bp, Kp] · panel[Kp / 2][64][2] with TDPBF16PS (16 x 16 x 32 per instruction, fp32
+// accumulation); Bp a multiple of 16 and Kp of 32, x bf16 with row stride ldx (rows past the caller's B
+// must be readable; their results are ignored).
+void amx_product(const uint16_t* x, int64_t ldx, int64_t Bp, const uint16_t* panel, int64_t Kp, float* acc) {
+  constexpr int64_t kPanelStride = 2 * kCols * sizeof(uint16_t);  // bytes from one K-pair row to the next
+  for (int64_t r0 = 0; r0 < Bp; r0 += 16) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k0 = 0; k0 < Kp; k0 += 32) {
+      _tile_loadd(4, x + r0 * ldx + k0, ldx * sizeof(uint16_t));
+      const uint16_t* bp = panel + k0 / 2 * 2 * kCols;
+      _tile_loadd(5, bp, kPanelStride);
+      _tile_loadd(6, bp + 32, kPanelStride);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_loadd(5, bp + 64, kPanelStride);
+      _tile_loadd(6, bp + 96, kPanelStride);
+      _tile_dpbf16ps(2, 4, 5);
+      _tile_dpbf16ps(3, 4, 6);
+    }
+    _tile_stored(0, acc + r0 * kCols, kCols * sizeof(float));
+    _tile_stored(1, acc + r0 * kCols + 16, kCols * sizeof(float));
+    _tile_stored(2, acc + r0 * kCols + 32, kCols * sizeof(float));
+    _tile_stored(3, acc + r0 * kCols + 48, kCols * sizeof(float));
+  }
+}
+#else
+struct TileScope {
+  explicit TileScope(bool) {}
+};
+void amx_product(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*) {}
+#endif
+
 // ---- forward ----
 
 // Step s (time t) for panels [p0, p1); panel p is units [16p, 16p + 16) × 4 gates.
 void fwd_panels_of_step(const Bf16RecurrenceArgs& a, int64_t s, int64_t p0, int64_t p1) {
-  const int64_t H = a.H, B = a.B, Hp = (H + 1) / 2 * 2;
+  const int64_t H = a.H, B = a.B, Bp = bf16_rows(B, a.amx), Kp = bf16_fwd_k(H);
   const int64_t t = a.reverse ? a.T - 1 - s : s;
-  const uint16_t* h_prev = a.h_buf + (s % 2) * B * Hp;
-  uint16_t* h_next = a.h_buf + ((s + 1) % 2) * B * Hp;
-  float* acc = scratch<float>(B * kCols);
+  const uint16_t* h_prev = a.h_buf + (s % 2) * Bp * Kp;
+  uint16_t* h_next = a.h_buf + ((s + 1) % 2) * Bp * Kp;
+  float* acc = scratch<float>(Bp * kCols);
   const Vec zero(0.0f);
+  const TileScope tiles(a.amx);
   for (int64_t p = p0; p < p1; ++p) {
     // Every row, finished ones too (their result is unused): the gather that the fp32 kernel does for
     // finished rows is not worth its copy at the batch sizes where bf16 is used.
-    dp_product(h_prev, Hp, B, a.panels + p * Hp * kCols, Hp / 2, acc);
+    if (a.amx)
+      amx_product(h_prev, Kp, Bp, a.panels + p * Kp * kCols, Kp, acc);
+    else
+      dp_product(h_prev, Kp, B, a.panels + p * Kp * kCols, Kp / 2, acc);
     const int64_t j = p * 16;                                        // first unit of the panel
     const int cnt = static_cast<int>(std::min<int64_t>(16, H - j));  // units of the panel inside H
     auto bias_of = [&](int g) { return a.bias != nullptr ? load_f32(a.bias + g * H + j, cnt) : zero; };
@@ -113,7 +179,7 @@ void fwd_panels_of_step(const Bf16RecurrenceArgs& a, int64_t s, int64_t p0, int6
       uint16_t* y = a.y + (t * B + b) * H + j;
       if (a.lengths != nullptr && t + a.t_offset >= a.lengths[b]) {  // past the end: freeze, output zero
         std::memcpy(c_saved, c_state, cnt * sizeof(float));
-        std::memcpy(h_next + b * Hp + j, h_prev + b * Hp + j, cnt * sizeof(uint16_t));
+        std::memcpy(h_next + b * Kp + j, h_prev + b * Kp + j, cnt * sizeof(uint16_t));
         std::fill(y, y + cnt, uint16_t(0));
         continue;
       }
@@ -131,7 +197,7 @@ void fwd_panels_of_step(const Bf16RecurrenceArgs& a, int64_t s, int64_t p0, int6
       store_bf16(gi + 3 * H, o, cnt);
       store_f32(c_state, c, cnt);
       store_f32(c_saved, c, cnt);
-      store_bf16(h_next + b * Hp + j, h, cnt);
+      store_bf16(h_next + b * Kp + j, h, cnt);
       store_bf16(y, h, cnt);
     }
   }
@@ -146,12 +212,17 @@ void bwd_panels_of_step(const Bf16RecurrenceBwdArgs& a, int64_t s, int64_t p0, i
   const int64_t H = a.H, K = 4 * a.H, T = a.T, B = a.B;
   auto time_of = [&](int64_t step) { return a.reverse ? step : T - 1 - step; };  // backward order
   auto active = [&](int64_t b, int64_t t) { return a.lengths == nullptr || t < a.lengths[b]; };
-  float* acc = scratch<float>(B * kCols);
+  float* acc = scratch<float>(bf16_rows(B, a.amx) * kCols);
+  const TileScope tiles(a.amx && s > 0);
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t j0 = p * kCols;
     if (s > 0) {
       const int64_t t_before = time_of(s - 1);
-      dp_product(a.dgates + t_before * B * K, K, B, a.panels + p * K * kCols, K / 2, acc);
+      const uint16_t* dg_before = a.dgates + t_before * B * K;
+      if (a.amx)
+        amx_product(dg_before, K, bf16_rows(B, true), a.panels + p * K * kCols, K, acc);
+      else
+        dp_product(dg_before, K, B, a.panels + p * K * kCols, K / 2, acc);
       for (int64_t b = 0; b < B; ++b) {
         if (!active(b, t_before)) continue;  // a frozen step passes dh through
         std::memcpy(a.dh + b * H + j0, acc + b * kCols, std::min<int64_t>(kCols, H - j0) * sizeof(float));
@@ -192,13 +263,30 @@ void bwd_panels_of_step(const Bf16RecurrenceBwdArgs& a, int64_t s, int64_t p0, i
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
+bool bf16_amx_supported() {
+#if defined(FS2S_WITH_AMX)
+  static const bool ok = [] {
+    unsigned eax, ebx, ecx, edx;
+    __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    const bool cpu = (edx >> 22 & 1) && (edx >> 24 & 1);  // AMX-BF16, AMX-TILE
+    // Linux hands out the tile state only on request (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); without
+    // it the first tile instruction raises SIGILL. torch's oneDNN asks too; asking twice is fine.
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return cpu && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 void bf16_pack_fwd_panels(const uint16_t* w_hh, int64_t H, uint16_t* panels) {
-  const int64_t Hp = (H + 1) / 2 * 2, n_panels = (H + 15) / 16;
+  const int64_t Kp = bf16_fwd_k(H), n_panels = (H + 15) / 16;
   for (int64_t p = 0; p < n_panels; ++p)
-    for (int64_t k = 0; k < Hp; ++k)
+    for (int64_t k = 0; k < Kp; ++k)
       for (int64_t c = 0; c < kBf16PanelCols; ++c) {
         const int64_t unit = p * 16 + c % 16, row = (c / 16) * H + unit;
-        panels[((p * Hp / 2 + k / 2) * kBf16PanelCols + c) * 2 + k % 2] =
+        panels[((p * Kp / 2 + k / 2) * kBf16PanelCols + c) * 2 + k % 2] =
             unit < H && k < H ? w_hh[row * H + k] : uint16_t(0);
       }
 }
@@ -214,8 +302,7 @@ void bf16_pack_bwd_panels(const uint16_t* w_hh, int64_t H, uint16_t* panels) {
 }
 
 void bf16_fused_recurrence(const Bf16RecurrenceArgs& a) {
-  const int64_t Hp = (a.H + 1) / 2 * 2;
-  CPU_CAPABILITY::recurrence::run_steps(a.T, (a.H + 15) / 16, Hp * kBf16PanelCols, [&](int64_t s, int64_t p0, int64_t p1) {
+  CPU_CAPABILITY::recurrence::run_steps(a.T, (a.H + 15) / 16, bf16_fwd_k(a.H) * kBf16PanelCols, [&](int64_t s, int64_t p0, int64_t p1) {
     CPU_CAPABILITY::fwd_panels_of_step(a, s, p0, p1);
   });
 }
