@@ -280,25 +280,44 @@ bool bf16_amx_supported() {
 #endif
 }
 
+// Both packs write each panel's K-pair rows (64 columns x 2 = 256 bytes) contiguously and split the panels
+// across threads: an element-by-element pack cost as much as ten steps of the recurrence at T50 H256.
 void bf16_pack_fwd_panels(const uint16_t* w_hh, int64_t H, uint16_t* panels) {
   const int64_t Kp = bf16_fwd_k(H), n_panels = (H + 15) / 16;
-  for (int64_t p = 0; p < n_panels; ++p)
-    for (int64_t k = 0; k < Kp; ++k)
+  at::parallel_for(0, n_panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint16_t* rows[kBf16PanelCols];  // the W_hh row of each column (nullptr: a unit past H)
       for (int64_t c = 0; c < kBf16PanelCols; ++c) {
-        const int64_t unit = p * 16 + c % 16, row = (c / 16) * H + unit;
-        panels[((p * Kp / 2 + k / 2) * kBf16PanelCols + c) * 2 + k % 2] =
-            unit < H && k < H ? w_hh[row * H + k] : uint16_t(0);
+        const int64_t unit = p * 16 + c % 16;
+        rows[c] = unit < H ? w_hh + ((c / 16) * H + unit) * H : nullptr;
       }
+      uint16_t* out = panels + p * Kp * kBf16PanelCols;
+      for (int64_t k = 0; k < Kp; k += 2, out += 2 * kBf16PanelCols)
+        for (int64_t c = 0; c < kBf16PanelCols; ++c) {
+          out[2 * c] = rows[c] != nullptr && k < H ? rows[c][k] : uint16_t(0);
+          out[2 * c + 1] = rows[c] != nullptr && k + 1 < H ? rows[c][k + 1] : uint16_t(0);
+        }
+    }
+  });
 }
 
 void bf16_pack_bwd_panels(const uint16_t* w_hh, int64_t H, uint16_t* panels) {
   const int64_t K = 4 * H, n_panels = (H + kBf16PanelCols - 1) / kBf16PanelCols;
-  for (int64_t p = 0; p < n_panels; ++p)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t c = 0; c < kBf16PanelCols; ++c) {
-        const int64_t unit = p * kBf16PanelCols + c;
-        panels[((p * K / 2 + k / 2) * kBf16PanelCols + c) * 2 + k % 2] = unit < H ? w_hh[k * H + unit] : uint16_t(0);
+  at::parallel_for(0, n_panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * kBf16PanelCols, cols = std::min<int64_t>(kBf16PanelCols, H - n0);
+      uint16_t* out = panels + p * K * kBf16PanelCols;
+      for (int64_t k = 0; k < K; k += 2, out += 2 * kBf16PanelCols) {
+        const uint16_t* r0 = w_hh + k * H + n0;  // rows k and k + 1 of W_hh, interleaved column by column
+        const uint16_t* r1 = r0 + H;
+        for (int64_t c = 0; c < cols; ++c) {
+          out[2 * c] = r0[c];
+          out[2 * c + 1] = r1[c];
+        }
+        std::fill(out + 2 * cols, out + 2 * kBf16PanelCols, uint16_t(0));
       }
+    }
+  });
 }
 
 void bf16_fused_recurrence(const Bf16RecurrenceArgs& a) {
