@@ -35,9 +35,10 @@ bool bf16_amx_supported();
 // The forward recurrence of one layer without projection.
 struct Bf16RecurrenceArgs {
   const uint16_t* panels;  // forward panels of W_hh (above)
-  uint16_t* gates;         // [T, B, 4H] bf16 in: x·W_ihᵀ (no bias); out: activated i, f, g, o
+  uint16_t* gates;         // [T, B, 4H] bf16 in: x·W_ihᵀ (no bias); out (when cells): activated i, f, g, o
   const float* bias;       // [4H] b_ih + b_hh in fp32, or nullptr
-  float* cells;            // [T, B, H] out: c after each step (frozen rows included)
+  float* cells;            // [T, B, H] out: c after each step (frozen rows included); nullptr: inference,
+                           // nothing saved (gates are then only read)
   uint16_t* y;             // [T, B, H] bf16 out (0 where inactive)
   uint16_t* h_buf;         // [2, bf16_rows(B, amx), bf16_fwd_k(H)] bf16, zero past B rows and H columns:
                            // h_buf[0] holds h0; the final state ends in h_buf[T % 2]
