@@ -47,11 +47,20 @@ def _run(module, x, h0, c0, lengths, dy, dh, dc):
     return dict(zip(["y", "h_n", "c_n"] + names, [y, h, c] + list(grads)))
 
 
+@pytest.fixture(params=["amx", "avx512bf16"])
+def product(request, monkeypatch):
+    """Both product kernels: AMX tiles where the CPU has them (else this case runs vdpbf16ps as well), and
+    vdpbf16ps forced with FUSED_S2S_BF16_AMX=0."""
+    if request.param == "avx512bf16":
+        monkeypatch.setenv("FUSED_S2S_BF16_AMX", "0")
+    return request.param
+
+
 @needs_native
 @pytest.mark.parametrize("T,B,I,H,layers,bidir,with_lengths", CASES,
                          ids=[case_id(T=c[0], B=c[1], I=c[2], H=c[3], L=c[4], bidir=c[5], lengths=c[6])
                               for c in CASES])
-def test_error_within_nn_lstm_bf16_error(T, B, I, H, layers, bidir, with_lengths):
+def test_error_within_nn_lstm_bf16_error(T, B, I, H, layers, bidir, with_lengths, product):
     ref = nn.LSTM(I, H, num_layers=layers, bidirectional=bidir).bfloat16()
     fused = FusedLSTM.from_lstm(ref)
     ref64 = nn.LSTM(I, H, num_layers=layers, bidirectional=bidir).double()
