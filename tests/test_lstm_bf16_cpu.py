@@ -183,3 +183,14 @@ def test_saved_for_backward_below_nn_lstm():
     params = sum(p.numel() * p.element_size() for p in ref.parameters())
     ours, theirs = saved_bytes(FusedLSTM.from_lstm(ref)) - params, saved_bytes(ref) - params
     assert ours <= 0.4 * theirs, f"saved {ours} bytes, nn.LSTM {theirs}"
+
+
+@needs_native
+def test_opcheck_bf16():
+    """Schema, fake kernels (fp32 cells for bf16 inputs), autograd registration and AOT dispatch of the
+    bf16 ops."""
+    args = _layer_args(T=4, B=3, I=5, H=16)
+    args[8] = torch.tensor([4, 2, 3])
+    torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_fwd.default, args)
+    torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_infer.default, [
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args])
