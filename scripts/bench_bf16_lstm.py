@@ -25,10 +25,13 @@ def parse_shape(s: str) -> tuple[int, int, int]:
     return b, t, h
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn) -> float:
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def compare_speed(B: int, T: int, H: int, repeats: int) -> dict[str, float]:
@@ -89,8 +92,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-errors", action="store_true")
     ap.add_argument("--shapes", default="B16-T50-H256,B64-T50-H256,B16-T50-H512")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: this thread's CPU time (only with --threads 1), which time spent preempted by "
+                         "other processes does not inflate: the steadier figure on a busy shared machine")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "thread":
+        if torch.get_num_threads() != 1:
+            ap.error("--clock thread needs --threads 1 (other threads' work would not be counted)")
+        global CLOCK
+        CLOCK = time.thread_time
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
     for shape in args.shapes.split(","):
         B, T, H = parse_shape(shape)
         for k, (e_nn, e_f) in ({} if args.no_errors else errors(B, T, H)).items():
