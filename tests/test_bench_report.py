@@ -15,12 +15,19 @@ from fused_s2s.bench.compare import compare, load_report  # noqa: E402
 
 def test_quick_grid_is_ci_sized():
     quick = grid("quick", ["float32"])
+    bf16 = [c for c in quick if c.dtype == "bfloat16"]  # issue 14's bf16 rows, always in the grid
+    assert sorted((c.batch, c.hidden, c.backward) for c in bf16) == sorted(
+        (b, h, bwd) for b, h in ((16, 256), (64, 256), (16, 512)) for bwd in (False, True))
+    assert not any(c.reference for c in bf16)
+    assert [c for c in grid("quick", ["float32", "bfloat16"]) if c.dtype == "bfloat16"] != bf16  # no duplicates
+    quick = [c for c in quick if c.dtype == "float32"]
     assert len(quick) <= 16
     assert {c.backward for c in quick} == {False, True} and any(c.varlen for c in quick)
     assert any(c.reference for c in quick) and all(c.batch * c.hidden <= 64 * 512 for c in quick)
     cells = grid("quick", ["float32"], cells=("lstm", "gru", "rnn_tanh"))
-    assert {c.cell for c in cells} == {"lstm", "gru", "rnn_tanh"} and len(cells) <= 26
-    assert [c for c in cells if c.cell == "lstm"] == quick  # LSTM ids unchanged: the gate matches rows by them
+    assert {c.cell for c in cells} == {"lstm", "gru", "rnn_tanh"} and len(cells) <= 30
+    # LSTM ids unchanged: the gate matches rows by them
+    assert [c for c in cells if c.cell == "lstm" and c.dtype == "float32"] == quick
     assert {c.id.split()[0] for c in cells if c.cell != "lstm"} == {"gru", "rnn"}
 
 

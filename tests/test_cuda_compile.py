@@ -1,9 +1,11 @@
-"""The CUDA C++ kernels compile for sm_80 and sm_90 without warnings and without register spills.
+"""The CUDA C++ kernels compile for sm_80 and sm_90 without warnings and without register spills, and their
+torch bindings compile against torch's headers and find the kernels they launch.
 
 Static evidence only: nothing here runs on a GPU. With a CPU-only torch and nvcc present, CMakeLists.txt
 defines the target `cuda_compile_check`, which compiles every csrc/cuda/*.cu with -Werror and
--Xptxas -v,-warn-spills; this test configures the project in a temporary build dir, builds that target and
-reads ptxas' per-function report. With a CUDA build of torch the .cu files are linked into the extension
+-Xptxas -v,-warn-spills, and every csrc/cuda_bindings/*.cu against torch's headers; these tests configure the
+project in a temporary build dir once, build that target and read ptxas' per-function report and the objects'
+symbols. With a CUDA build of torch the .cu files are linked into the extension
 instead (and the GPU tests exercise them), so the target does not exist and this test skips.
 """
 from __future__ import annotations
@@ -105,7 +107,17 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def test_cuda_kernels_compile_without_spills(tmp_path: Path) -> None:
+@dataclass
+class CheckBuild:
+    """The `cuda_compile_check` target built once for this module: every object it could build, and why not."""
+
+    build_dir: Path
+    returncode: int
+    output: str
+
+
+@pytest.fixture(scope="module")
+def cuda_check_build(tmp_path_factory) -> CheckBuild:
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (neither on PATH nor /usr/local/cuda/bin/nvcc): CUDA C++ not compiled")
@@ -114,16 +126,24 @@ def test_cuda_kernels_compile_without_spills(tmp_path: Path) -> None:
                     "the extension, so there is no separate cuda_compile_check target")
     if not list((REPO_ROOT / "csrc" / "cuda").glob("*.cu")):
         pytest.skip("no csrc/cuda/*.cu files to compile")
-
+    tmp_path = tmp_path_factory.mktemp("cuda_compile")
     build_dir = tmp_path / "build"
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    run(["cmake", "-S", str(REPO_ROOT), "-B", str(build_dir), *generator, f"-DPython_EXECUTABLE={sys.executable}",
-         f"-DFS2S_NVCC={nvcc}"], cwd=tmp_path)
-    output = run(["cmake", "--build", str(build_dir), "--target", "cuda_compile_check"], cwd=tmp_path)
+    ninja = shutil.which("ninja") is not None
+    run(["cmake", "-S", str(REPO_ROOT), "-B", str(build_dir), *(["-G", "Ninja"] if ninja else []),
+         f"-DPython_EXECUTABLE={sys.executable}", f"-DFS2S_NVCC={nvcc}"], cwd=tmp_path)
+    # Keep going past a failed file, so each test below reports on the objects it is about.
+    keep_going = ["-k", "0"] if ninja else ["-k"]
+    proc = subprocess.run(["cmake", "--build", str(build_dir), "--target", "cuda_compile_check", "--", *keep_going],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    return CheckBuild(build_dir, proc.returncode, proc.stdout)
 
+
+def test_cuda_kernels_compile_without_spills(cuda_check_build: CheckBuild) -> None:
+    output = cuda_check_build.output
+    assert cuda_check_build.returncode == 0, f"cuda_compile_check failed:\n{output}"
     functions = parse_ptxas(output)
     assert functions, f"no ptxas -v report found in the build output:\n{output}"
-    print("\nnvcc " + nvcc + ", ptxas resource usage:\n" + format_table(functions))
+    print("\nptxas resource usage:\n" + format_table(functions))
     archs = {f.arch for f in functions}
     assert archs >= set(CUDA_ARCHS), f"expected ptxas reports for {CUDA_ARCHS}, got {sorted(archs)}"
     for f in functions:
@@ -132,6 +152,45 @@ def test_cuda_kernels_compile_without_spills(tmp_path: Path) -> None:
         assert (f.spill_stores, f.spill_loads) == (0, 0), \
             f"{f.name} ({f.arch}): {f.spill_stores} bytes spill stores, {f.spill_loads} bytes spill loads " \
             "(expected 0 bytes spill stores and 0 bytes spill loads)"
+
+
+def symbols(obj: Path) -> tuple[set[str], set[str]]:
+    """(undefined, defined) mangled symbols of an object file, from nm."""
+    out = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+    undefined, defined = set(), set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "U":
+            undefined.add(parts[1])
+        elif len(parts) == 3 and parts[1] in "TW":
+            defined.add(parts[2])
+    return undefined, defined
+
+
+def test_cuda_bindings_compile_against_torch_and_find_their_kernels(cuda_check_build: CheckBuild) -> None:
+    """Each csrc/cuda_bindings/*.cu compiles against this torch's headers (nvcc, -Werror, the flags of the CUDA
+    build), and every fused_s2s kernel it launches is defined, with an external host stub, in a kernel object:
+    the link a CUDA build would do. A type error in a binding, or kernel stubs left static (nvcc >= 12.8 without
+    -static-global-template-stub=false), fails here."""
+    bindings = sorted((REPO_ROOT / "csrc" / "cuda_bindings").glob("*.cu"))
+    if not bindings:
+        pytest.skip("no csrc/cuda_bindings/*.cu files")
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) not found: cannot read the objects' symbols")
+    check_dir = cuda_check_build.build_dir / "cuda_check"
+    kernel_defined: set[str] = set()
+    for cu in sorted((REPO_ROOT / "csrc" / "cuda").glob("*.cu")):
+        obj = check_dir / f"{cu.stem}.o"
+        if obj.is_file():
+            kernel_defined |= symbols(obj)[1]
+    for cu in bindings:
+        obj = check_dir / "bindings" / f"{cu.stem}.o"
+        assert obj.is_file(), f"{cu.name} did not compile:\n{cuda_check_build.output}"
+        wanted = sorted(s for s in symbols(obj)[0] if s.startswith("_ZN9fused_s2s4cuda"))
+        assert wanted, f"{cu.name} launches no fused_s2s::cuda kernel: nothing checked"
+        missing = [s for s in wanted if s not in kernel_defined]
+        assert not missing, (f"{cu.name} needs kernels that no csrc/cuda/*.cu object defines with an external "
+                             f"stub: {list(demangle(missing).values())}\n{cuda_check_build.output}")
 
 
 def test_parse_ptxas_reads_registers_and_spills() -> None:

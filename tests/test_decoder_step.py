@@ -60,9 +60,12 @@ def _reference(x, feed, h, c, weights, memory, lens, to=None):
 def assert_step_matches_reference(case, backend, dtype=torch.float32, precomputed_keys=True):
     """Outputs vs the reference. fp64: the reference in fp64. fp32: the reference run in fp64, with the fp32
     tolerance floor or three times the fp32 reference's own error, whichever is larger (the error of a
-    wide fp32 GEMM depends on its summation order, which differs between kernels)."""
+    wide fp32 GEMM depends on its summation order, which differs between kernels). precomputed_keys: True
+    (attention_keys), False (none: the op makes them), or "project_query" (general's projected query
+    against memory itself)."""
     x, feed, h, c, weights, memory, lens = case
-    keys = attention_keys(weights.attn_kind, weights.attn_params, memory) if precomputed_keys else None
+    keys = (attention_keys(weights.attn_kind, weights.attn_params, memory,
+                           project_query=precomputed_keys == "project_query") if precomputed_keys else None)
     got = decoder_step(x, feed, h, c, weights, memory, lens, keys=keys, backend=backend)
     exact = _reference(*case, to=torch.float64)
     own = _reference(*case) if dtype == torch.float32 else exact
@@ -84,7 +87,7 @@ def test_cpu_matches_reference(kind, L, feed, lengths):
         assert_step_matches_reference(make_step_case(kind=kind, L=L, feed=feed, lengths=lengths), "cpu")
 
 
-@pytest.mark.parametrize("case", [
+ODD_SIZES = [
     dict(B=1, E=3, H=5, M=11, S=1, L=1, A=3, bias=False),
     dict(B=17, E=13, H=33, M=19, S=23, L=2, A=7, bias=True),
     dict(B=64, E=16, H=40, M=24, S=50, L=1, A=16, bias=True),
@@ -93,7 +96,10 @@ def test_cpu_matches_reference(kind, L, feed, lengths):
     # the attention rows split over threads (S 200)
     dict(B=4, E=200, H=157, M=160, S=37, L=1, A=64, bias=True),
     dict(B=9, E=200, H=157, M=160, S=200, L=2, A=64, bias=True),
-], ids=lambda c: case_id(**c))
+]
+
+
+@pytest.mark.parametrize("case", ODD_SIZES, ids=lambda c: case_id(**c))
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_cpu_odd_sizes(case, kind, dtype):
@@ -107,10 +113,19 @@ def test_every_kernel_build_matches_reference(env):
     """The step's vectorised kernels are compiled per CPU capability: run the comparisons above on the other
     builds (and on one thread) in a fresh process, where the environment variable takes effect."""
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                          "test_cpu_odd_sizes or test_cpu_matches_reference"], env=dict(os.environ, **env),
+                          "test_cpu_odd_sizes or test_cpu_matches_reference or test_general_projected_query"], env=dict(os.environ, **env),
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert " passed" in res.stdout and "failed" not in res.stdout
+
+
+@pytest.mark.parametrize("case", ODD_SIZES, ids=lambda c: case_id(**c))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_general_projected_query_matches_reference(case, dtype):
+    """General attention scored as (W h)·m_s: the query projected by w, memory itself as the keys."""
+    with torch.no_grad():
+        assert_step_matches_reference(make_step_case(**case, kind="general", dtype=dtype), "cpu", dtype,
+                                      precomputed_keys="project_query")
 
 
 def test_keys_computed_when_not_given():
@@ -200,6 +215,15 @@ def test_bad_input(bad, match):
     keys = attention_keys("general", weights.attn_params, torch.randn(3, 9, 7)) if bad == "memory_size" else None
     with torch.no_grad(), pytest.raises((RuntimeError, ValueError), match=match):
         decoder_step(x, feed, h, c, weights, memory, lens, keys=keys, backend="cpu")
+
+
+def test_projected_query_of_the_wrong_size_is_refused():
+    x, feed, h, c, weights, memory, lens = make_step_case(kind="general")
+    w = weights.attn_params["w"]
+    args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "dot", memory, 1.0, w[:, :-1], None, None,
+            memory, lens, weights.w_out, weights.b_out)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"expected w_query of size"):
+        torch.ops.fused_s2s.decoder_step(*args)
 
 
 def test_lengths_on_other_device_is_refused():

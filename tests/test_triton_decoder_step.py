@@ -47,6 +47,17 @@ def test_triton_odd_sizes(case, kind):
         assert_step_matches_reference(_to_device(make_step_case(**case, kind=kind)), "triton")
 
 
+@pytest.mark.parametrize("case", [
+    dict(B=1, E=3, H=5, M=11, S=1, L=1, A=3, bias=False, lengths="one"),
+    dict(B=19, E=13, H=33, M=37, S=70, L=2, A=7, bias=True, lengths="mixed"),
+], ids=lambda c: case_id(**c))
+def test_triton_general_projected_query(case):
+    """General attention scored as (W h)·m_s (the query projected by w, memory itself as the keys)."""
+    with torch.no_grad():
+        assert_step_matches_reference(_to_device(make_step_case(**case, kind="general")), "triton",
+                                      precomputed_keys="project_query")
+
+
 @pytest.mark.parametrize("bad, match", [
     ("lengths", r"every memory length must be in \[1, 9\]"),
     ("feed", r"expected feed of size \[3, 6\]"),

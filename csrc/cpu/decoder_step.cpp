@@ -129,6 +129,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
       TORCH_CHECK(b_query->dim() == 1 && b_query->size(0) == A, "decoder_step: expected b_query of size [", A,
                   "], got ", b_query->sizes());
     }
+  } else if (w_query) {
+    // general attention scored as (W h)·m_s: keys is memory itself and w_query = W [M, H] projects the query
+    same(*w_query, "w_query");
+    check_2d(*w_query, "w_query", keys.size(2), H);
   } else {
     TORCH_CHECK(keys.size(2) == H, "decoder_step: dot scores need keys of size [", B, ", ", S, ", ", H, "], got ",
                 keys.sizes());
@@ -184,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
   }
   at::Tensor top = h_new[L - 1];  // [B, H]
   // ---- attention: scores, masked softmax and context in one pass per row ----
-  at::Tensor query = additive ? step_linear(top, w_query->contiguous(), b_query) : top;  // [B, K]
+  // [B, K]: additive's w_query·h + b_query, general's projected query (dot with w_query), or h itself
+  at::Tensor query = w_query ? step_linear(top, w_query->contiguous(), additive ? b_query : std::nullopt) : top;
   at::Tensor k = keys.contiguous(), mem = memory.contiguous();
   at::Tensor vv = additive ? v->contiguous() : at::Tensor();
   at::Tensor attn = at::empty({B, S}, x.options());

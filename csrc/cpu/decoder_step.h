@@ -1,7 +1,8 @@
 // CPU fused attention-decoder step (inference). Shapes: L layers, B batch, H hidden, S source, M memory.
 //   x [B, E], feed [B, H] or none, h/c [L, B, H],
 //   w_cat[l] [4H, in_l + H] = [w_ih | w_hh] of layer l (in_0 = E (+ H with feed), in_l = H), b_cat[l] [4H] or none
-//   score "dot": scores = scale * keys · h_top, keys [B, S, H] (memory, or memory·w for Luong general)
+//   score "dot": scores = scale * keys · q, q = h_top with keys [B, S, H] (memory, or memory·w for Luong
+//         general); or q = w_query·h_top with w_query [K, H] and keys [B, S, K] (general: w and memory itself)
 //   score "additive": scores = v · tanh(keys + w_query·h_top + b_query), keys [B, S, A] = memory·w_memoryᵀ,
 //         w_query [A, H], b_query [A] or none, v [A]
 //   memory [B, S, M], lengths [B] int64 in 1..S or none, w_out [H, M + H], b_out [H] or none

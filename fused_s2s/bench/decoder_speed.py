@@ -4,9 +4,9 @@ One step = LSTMCell (input feeding: input is [embedding; previous h̃]) + Luong 
 source (masked softmax) + combine h̃ = tanh(W_c [context; h]). Both sides hold the same weights. The eager
 side is written plainly; the fused side is the public API, `FusedDecoder.step` (one fused op call per step),
 under torch.no_grad(), in two variants: with the attention keys computed once per source by
-`precompute_keys` outside the timed loop, and as users call it, with no keys (the decoder computes them on
-the first step over each memory tensor; each loop sample decodes a different one of two sources, so every
-sample pays for its keys once, and the eager side decodes the same sources). On CPU tensors the fused step is the C++ op; on CUDA (`--device cuda`, and the
+`precompute_keys` outside the timed loop, and as users call it, with no keys (general attention then
+projects the query each step, as the eager side does; each loop sample decodes a different one of two sources,
+and the eager side decodes the same sources). On CPU tensors the fused step is the C++ op; on CUDA (`--device cuda`, and the
 report on a GPU) the Triton step, timed with CUDA events.
 
 Two measurements, both interleaved (eager and fused samples taken in turn, medians of the samples):

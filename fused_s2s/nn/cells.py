@@ -9,7 +9,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from fused_s2s.nn.recurrent import FusedRecurrentBase, from_native
-from fused_s2s.ops.cells import gru_layer, rnn_layer
+from fused_s2s.ops.cells import NO_CUDA_CELLS, gru_layer, rnn_layer
 
 __all__ = ["FusedGRU", "FusedRNN"]
 
@@ -31,6 +31,8 @@ class FusedGRU(FusedRecurrentBase):
                  dtype=None, *, backend: str = "auto", proj_size: Optional[int] = None) -> None:
         if proj_size is not None:
             raise ValueError(_NO_PROJ)
+        if backend == "cuda":
+            raise ValueError(NO_CUDA_CELLS)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend=backend)
 
@@ -60,6 +62,8 @@ class FusedRNN(FusedRecurrentBase):
                  device=None, dtype=None, *, backend: str = "auto", proj_size: Optional[int] = None) -> None:
         if proj_size is not None:
             raise ValueError(_NO_PROJ)
+        if backend == "cuda":
+            raise ValueError(NO_CUDA_CELLS)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity

@@ -26,6 +26,7 @@ from fused_s2s.lengths_check import check_lengths_in_range
 from fused_s2s.nn.bridge import Bridge, BRIDGES
 from fused_s2s.nn.cells import FusedGRU
 from fused_s2s.nn.lstm import FusedLSTM
+from fused_s2s.ops.attention import BACKENDS as _attention_backends
 from fused_s2s.ops.attention import attention as fused_attention
 from fused_s2s.ops.decoder_step import attention_keys, prepare_decoder_weights
 from fused_s2s.ops.decoder_step import decoder_step as fused_decoder_step
@@ -108,6 +109,24 @@ class _AttentionParams(nn.Module):
         return {}
 
 
+def _ops_backend(backend: str) -> str:
+    """The backend of the attention and decoder-step ops for a decoder built with `backend`.
+
+    "cuda" names the CUDA C++ LSTM kernels; the attention and decoder-step op families take "cuda" only once
+    their own CUDA kernels are registered, so until then they run on their "auto" choice (Triton on CUDA)."""
+    if backend != "cuda":
+        return backend
+
+    def has_cuda_kernel(op: str) -> bool:
+        try:
+            return torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_s2s::{op}", "CUDA")
+        except RuntimeError:  # the op is not defined at all (fused_s2s._C not loaded)
+            return False
+
+    has_cuda = all(has_cuda_kernel(op) for op in ("attention_fwd", "decoder_step"))
+    return "cuda" if has_cuda and "cuda" in _attention_backends else "auto"
+
+
 class FusedDecoder(nn.Module):
     """Attention LSTM (or GRU) decoder (Luong/OpenNMT style) on fused_s2s's recurrent and decoder-step kernels.
 
@@ -116,7 +135,9 @@ class FusedDecoder(nn.Module):
         num_layers: LSTM layers. attention: "dot", "scaled_dot", "general" (Luong) or "additive" (Bahdanau).
         cell: "lstm" (state h, c; parameters under .lstm) or "gru" (state h; parameters under .gru).
         input_feeding: layer 0 reads cat(x_t, h̃_{t-1}). dropout: between LSTM layers, training only.
-        bias: biases of the LSTM and of linear_out. backend: "auto" | "cpu" | "triton" | "reference".
+        bias: biases of the LSTM and of linear_out. backend: "auto" | "cpu" | "triton" | "cuda" | "reference";
+            "cuda" runs the recurrent layers on the CUDA C++ LSTM kernels (cell "lstm" only) and the attention
+            and decoding-step ops on their "auto" choice (see _ops_backend).
         bridge: how init_state maps an encoder's (h_n, c_n): "concat" (directions concatenated per layer) or
             "linear" (a learned Linear(D * encoder_hidden_size -> H) for h and one for c, built here; needs
             encoder_hidden_size and encoder_directions).
@@ -146,6 +167,7 @@ class FusedDecoder(nn.Module):
         self.input_size, self.hidden_size, self.memory_size = input_size, hidden_size, memory_size
         self.num_layers, self.attention, self.input_feeding = num_layers, attention, input_feeding
         self.dropout, self.bias, self.backend = float(dropout), bias, backend
+        self._ops_backend = _ops_backend(backend)
         lstm_input = input_size + (hidden_size if input_feeding else 0)
         # One parameter set for both paths: forward() without feeding runs it as a stack, step() reads its
         # per-layer weights. Its parameters carry nn.LSTM's (nn.GRU's) names (weight_ih_l0, ...).
@@ -201,6 +223,9 @@ class FusedDecoder(nn.Module):
         so a decoding loop that never calls precompute_keys still computes them once per source. Call after
         _fused_weights(), whose key names the weights' versions. A reordered or copied memory (a beam search
         that index_selects memory every step) is a new tensor and gets new keys."""
+        if self.attention == "general":
+            # The projected query against memory itself: no keys to compute or cache (see AttentionKeys).
+            return attention_keys(self.attention, self.attn.params(), memory, project_query=True)
         if torch.compiler.is_compiling() or memory.is_inference():
             # A traced graph keeps no cache, and an inference tensor has no version counter to tell an in-place
             # change: the op computes the keys, every step.
@@ -320,7 +345,7 @@ class FusedDecoder(nn.Module):
         """Attention of query [B, T, H] -> (context [B, T, M], weights [B, T, S]): the fused attention op on
         this decoder's backend (differentiable context; the weights carry no gradient)."""
         context, weights = fused_attention(query, memory, memory_lengths, self.attn.kind, self.attn.params(),
-                                           return_weights=True, backend=self.backend)
+                                           return_weights=True, backend=self._ops_backend)
         return context, weights
 
     def _step_composed(self, x: Tensor, state: DecoderState, memory: Tensor,
@@ -381,7 +406,8 @@ class FusedDecoder(nn.Module):
         if keys is None:
             keys = self._keys_for(memory)
         out, h, c, attn = fused_decoder_step(input_t, state.feed if self.input_feeding else None, state.h,
-                                                state.c, weights, memory, memory_lengths, keys, backend=self.backend)
+                                                state.c, weights, memory, memory_lengths, keys,
+                                                backend=self._ops_backend)
         return out, DecoderState(h, c, out if self.input_feeding else None), attn
 
     def forward(self, inputs: Tensor, memory: Tensor, memory_lengths: Optional[Tensor] = None,

@@ -24,7 +24,7 @@ class FusedLSTM(FusedRecurrentBase):
 
     Args are those of :class:`torch.nn.LSTM` (input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None), plus the
-    keyword ``backend`` ("auto", "cpu", "reference", ...; see :func:`fused_s2s.ops.lstm_layer`).
+    keyword ``backend`` ("auto", "cpu", "triton", "cuda", "reference"; see :func:`fused_s2s.ops.lstm_layer`).
 
     ``forward(input, hx=None, lengths=None)`` returns ``output, (h_n, c_n)`` exactly as nn.LSTM does.
     ``lengths`` (1-D integer tensor, one entry per sequence, each in [1, T]) marks the valid prefix of each

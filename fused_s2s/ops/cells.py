@@ -28,14 +28,20 @@ from fused_s2s.ops.cells_triton import bwd_fake_outputs, gru_fwd_fake_outputs, r
 from fused_s2s.ops.lstm import _C_ERROR, BACKENDS, resolve_backend, triton_unavailable_reason
 from fused_s2s.reference import cells as _reference
 
-__all__ = ["gru_layer", "rnn_layer", "resolve_cell_backend"]
+__all__ = ["gru_layer", "rnn_layer", "resolve_cell_backend", "NO_CUDA_CELLS"]
+
+NO_CUDA_CELLS = ("backend 'cuda' has CUDA C++ kernels for the LSTM only: run GRU and Elman RNN layers with "
+                 "backend='triton' (or 'auto')")
 
 
 def resolve_cell_backend(backend: str, device: torch.device) -> str:
     """The concrete backend of a GRU/RNN layer on `device`, or an error that says why it cannot run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto" and _lstm_ops.ENV_BACKEND == "auto" and device.type != "cpu":
+    if backend == "cuda":
+        raise RuntimeError(NO_CUDA_CELLS)
+    # FUSED_S2S_BACKEND=cuda picks the CUDA C++ LSTM kernels for a run; GRU and RNN layers keep auto's choice.
+    if backend == "auto" and _lstm_ops.ENV_BACKEND in ("auto", "cuda") and device.type != "cpu":
         # the Triton kernels where triton can run on the device, else plain torch ops there
         return "triton" if triton_unavailable_reason(device) is None else "reference"
     return resolve_backend(backend, device)  # "triton" asked for where it cannot run: an error saying why

@@ -53,11 +53,16 @@ class DecoderStepWeights:
 class AttentionKeys:
     """Per-source attention keys (build once per memory with attention_keys; index_select along B for beams)."""
 
-    keys: Tensor  # [B, S, K]: K = H (dot-like scores) or A (additive)
+    keys: Tensor  # [B, S, K]: K = H (dot-like scores), A (additive), or M (project_query)
     scale: float
+    # General attention scored as (W h)·m_s: the step projects its query by W ([M, H]) and scores against
+    # memory itself, instead of scoring h against keys m_s·W computed for every source position. Per step that
+    # costs B·H·M multiply-adds against the keys' B·S·M·H once per source, so it wins whenever a source is
+    # decoded for fewer than S steps, and needs no cache (attention_keys(..., project_query=True)).
+    project_query: bool = False
 
     def index_select(self, index: Tensor) -> "AttentionKeys":
-        return AttentionKeys(self.keys.index_select(0, index), self.scale)
+        return AttentionKeys(self.keys.index_select(0, index), self.scale, self.project_query)
 
 
 def _sum_bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
@@ -81,9 +86,13 @@ def prepare_decoder_weights(lstm_weights: Sequence, attn_kind: str, attn_params:
                               tuple(tuple(t for t in w) for w in lstm_weights))
 
 
-def attention_keys(attn_kind: str, attn_params: dict, memory: Tensor) -> AttentionKeys:
-    """The keys the step scores against, computed once per source memory [B, S, M]."""
+def attention_keys(attn_kind: str, attn_params: dict, memory: Tensor, project_query: bool = False) -> AttentionKeys:
+    """The keys the step scores against, computed once per source memory [B, S, M]. project_query: for
+    general attention, score the projected query against memory itself (see AttentionKeys); other kinds
+    ignore it."""
     with torch.no_grad():
+        if project_query and attn_kind == "general":
+            return AttentionKeys(memory.contiguous(), 1.0, project_query=True)
         if attn_kind == "dot":
             return AttentionKeys(memory.contiguous(), 1.0)
         if attn_kind == "scaled_dot":
@@ -113,7 +122,7 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weight
 
     x [B, E]; feed [B, H] or None (input feeding); h, c [L, B, H]; memory [B, S, M]; memory_lengths [B]
     integers in 1..S (on memory's device) or None. keys: from attention_keys(...) for this memory (computed
-    here when None, which costs a GEMM per call for general/additive attention). backend "auto": the fused
+    here when None, which costs a GEMM per call for additive attention; general projects the query instead). backend "auto": the fused
     kernels where they take the dtype and sizes (_kernels_take), else the reference.
     """
     if backend == "auto" and not _kernels_take(x, memory):
@@ -128,12 +137,14 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, weight
     if memory_lengths is not None and memory_lengths.device != memory.device:
         raise RuntimeError(f"decoder_step: memory_lengths must be on {memory.device} like memory, got "
                            f"{memory_lengths.device}")
-    if keys is None:
-        keys = attention_keys(weights.attn_kind, weights.attn_params, memory)
+    if keys is None:  # general attention projects the query then: no keys to compute for every position
+        keys = attention_keys(weights.attn_kind, weights.attn_params, memory, project_query=True)
     additive = weights.attn_kind == "additive"
     p = weights.attn_params
+    # The query projection: additive's w_query (+ b_query), or general's w when the keys are memory itself.
+    w_query = p["w_query"] if additive else (p["w"] if keys.project_query else None)
     args = (x, feed, h, c, list(weights.w_cat), list(weights.b_cat), "additive" if additive else "dot", keys.keys,
-            keys.scale, p["w_query"] if additive else None, p.get("b_query") if additive else None,
+            keys.scale, w_query, p.get("b_query") if additive else None,
             p["v"] if additive else None, memory, memory_lengths, weights.w_out, weights.b_out)
     op = torch.ops.fused_s2s.triton_decoder_step if backend == "triton" else torch.ops.fused_s2s.decoder_step
     return op(*args)

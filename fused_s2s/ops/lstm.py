@@ -9,18 +9,26 @@ The C++ ops (schemas in csrc/ops.cpp):
     fused_s2s::lstm_layer_bwd  -> dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr (dx empty unless need_dx, the weight
                                   gradients empty unless need_dw: a frozen LSTM skips the dW GEMMs)
 The Triton ops (fused_s2s/ops/lstm_triton.py) mirror them: triton_lstm_layer_fwd (with a `save` flag
-instead of a separate inference op) and triton_lstm_layer_bwd. gates and cells are what backward needs
-(cuDNN's reserve space); they are marked non-differentiable. Autograd for both families is registered here.
+instead of a separate inference op) and triton_lstm_layer_bwd; the CUDA C++ ops (fused_s2s/ops/lstm_cuda.py,
+cuda_lstm_layer_fwd/_bwd) have the Triton ops' schemas. gates and cells are what backward needs (cuDNN's
+reserve space); they are marked non-differentiable. Autograd for all three families is registered here.
+
+backend="cuda" runs the persistent CUDA C++ kernels; a layer they cannot take (proj_size, float64, a shape
+whose W_hh slice does not fit in shared memory) runs on Triton instead, with a warning naming the reason
+(once per kind of reason). "auto" keeps Triton on CUDA tensors until a GPU has measured the CUDA kernels
+faster (issue 15).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from fused_s2s.ops import lstm_cuda
 from fused_s2s.ops import lstm_triton  # noqa: F401  (registers the fused_s2s::triton_lstm_* ops)
 from fused_s2s.ops.lstm_triton import bwd_fake_outputs
 from fused_s2s.reference import lstm as _reference
@@ -32,7 +40,7 @@ try:  # the compiled extension registers the fused_s2s:: C++ ops when imported
 except ImportError as e:  # pragma: no cover - only on a broken install
     _C_ERROR = f"the C++ extension fused_s2s._C is not built ({e})"
 
-BACKENDS = ("auto", "cpu", "triton", "reference")
+BACKENDS = ("auto", "cpu", "triton", "cuda", "reference")
 # Read once per process (and so constant under torch.compile): overrides backend="auto" for a whole run.
 ENV_BACKEND = os.environ.get("FUSED_S2S_BACKEND", "auto")
 
@@ -46,8 +54,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"FUSED_S2S_BACKEND must be one of {BACKENDS}, got {ENV_BACKEND!r}")
         backend = ENV_BACKEND
     if backend == "auto":
-        # CPU tensors: the C++ kernels. CUDA: Triton (the CUDA C++ LSTM kernels are not built yet).
+        # CPU tensors: the C++ kernels. CUDA: Triton, until a GPU has measured the CUDA C++ kernels faster.
         backend = "cpu" if device.type == "cpu" else "triton"
+    if backend == "cuda":
+        reason = lstm_cuda.cuda_unavailable_reason(device, _C_ERROR)
+        if reason is not None:
+            raise RuntimeError(f"backend 'cuda' is unavailable: {reason}")
     if backend == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:
@@ -85,6 +97,14 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return _reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    if backend == "cuda":
+        args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+        save = _needs_backward(args)
+        reason = lstm_cuda.unsupported_reason(x, w_hh, w_hr, save)
+        if reason is None:
+            y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.cuda_lstm_layer_fwd(*args, save)
+            return y, h_n, c_n
+        backend = _cuda_fallback(reason, x.device)
     if backend == "triton":
         # fp16/bf16 run natively (fp32 accumulation and cell state inside the kernels)
         args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
@@ -110,6 +130,24 @@ def _bf16_native(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
     return (w_hr is None and x.dim() == 3 and x.shape[0] > 0
             and all(t is None or t.dtype == torch.bfloat16 for t in tensors)
             and torch.ops.fused_s2s.lstm_bf16_native())
+
+
+# The kinds of reason already warned about: a fallback is stated once per kind, not once per call or per
+# batch size (the reason's text holds the shape).
+_FALLBACK_WARNED: set[str] = set()
+
+
+def _cuda_fallback(reason: str, device: torch.device) -> str:
+    """backend="cuda" on a layer the CUDA kernels cannot take: Triton, with a warning saying why."""
+    triton_reason = triton_unavailable_reason(device)
+    if triton_reason is not None:
+        raise RuntimeError(f"backend 'cuda' cannot run this layer ({reason}) and its fallback 'triton' is "
+                           f"unavailable: {triton_reason}")
+    kind = reason.split(":")[0].split(" B=")[0]
+    if kind not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(kind)
+        warnings.warn(f"fused_s2s: backend 'cuda' runs this LSTM layer on Triton instead: {reason}", stacklevel=3)
+    return "triton"
 
 
 def _needs_backward(args) -> bool:
@@ -184,6 +222,9 @@ if _C_ERROR is None:
     torch.library.register_autograd("fused_s2s::triton_lstm_layer_fwd",
                                     _make_backward(torch.ops.fused_s2s.triton_lstm_layer_bwd, 11),
                                     setup_context=_setup_context)
+    torch.library.register_autograd("fused_s2s::cuda_lstm_layer_fwd",
+                                    _make_backward(torch.ops.fused_s2s.cuda_lstm_layer_bwd, 11),
+                                    setup_context=_setup_context)
 
     # The backward and inference ops have no derivative. Without an autograd registration torch would only
     # warn and record the last ATen call inside them, giving silently wrong double backward.
@@ -197,5 +238,5 @@ if _C_ERROR is None:
                 "penalties) through the fused LSTM is not supported; use backend='reference' for it")
         return backward
 
-    for _name in ("lstm_layer_bwd", "lstm_layer_infer", "triton_lstm_layer_bwd"):
+    for _name in ("lstm_layer_bwd", "lstm_layer_infer", "triton_lstm_layer_bwd", "cuda_lstm_layer_bwd"):
         torch.library.register_autograd(f"fused_s2s::{_name}", _not_differentiable(_name), setup_context=_no_setup)

@@ -90,14 +90,19 @@ def triton_lstm_layer_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh:
     return y, h_n, c_n, gates, cells
 
 
-@triton_lstm_layer_fwd.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
+def fwd_fake_outputs(x: Tensor, c0: Tensor, w_ih: Tensor, w_hr: Optional[Tensor], save: bool) -> tuple[Tensor, ...]:
+    """The shapes and dtypes both save-flag forward ops return (Triton's and CUDA C++'s, lstm_cuda.py)."""
     T, B, _ = x.shape
     H = w_ih.shape[0] // 4
     P = w_hr.shape[0] if w_hr is not None else H
     gates = x.new_empty((T, B, 4 * H) if save else (0,), dtype=_acc_dtype(x.dtype) if save else x.dtype)
     cells = x.new_empty((T, B, H) if save else (0,), dtype=_acc_dtype(x.dtype))
     return x.new_empty(T, B, P), x.new_empty(B, P), c0.new_empty(B, H), gates, cells
+
+
+@triton_lstm_layer_fwd.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
+    return fwd_fake_outputs(x, c0, w_ih, w_hr, save)
 
 
 @torch.library.custom_op("fused_s2s::triton_lstm_layer_bwd", mutates_args=())

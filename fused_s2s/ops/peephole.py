@@ -24,8 +24,8 @@ __all__ = ["peephole_lstm_layer"]
 def _resolve(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise RuntimeError("backend 'triton' has no peephole-LSTM kernels yet: FusedLSTM(peephole=True) runs on "
+    if backend in ("triton", "cuda"):
+        raise RuntimeError(f"backend {backend!r} has no peephole-LSTM kernels yet: FusedLSTM(peephole=True) runs on "
                            "'cpu' (the C++ kernels) or 'reference'")
     if backend == "auto" and device.type != "cpu":
         return "reference"

@@ -182,7 +182,7 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, w_cat:
     """Launch the chain; arguments as the C++ op fused_s2s::decoder_step (csrc/cpu/decoder_step.h)."""
     L, B, H = h.shape
     S, M = memory.shape[1], memory.shape[2]
-    _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out)
+    _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out, w_query)
     x, h, c, memory, keys, w_out = (t.contiguous() for t in (x, h, c, memory, keys, w_out))
     h_new, c_new = _empty(L, B, H, like=x), _empty(L, B, H, like=x)
     BB, BH, BK, nw = CELL_CONFIG
@@ -198,7 +198,8 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, w_cat:
         inp, inp_feed = h_new[layer], h_new[layer]
     top = h_new[L - 1]
     additive = score == "additive"
-    q = torch.nn.functional.linear(top, w_query, b_query).contiguous() if additive else top
+    # additive: w_query·h + b_query; dot with w_query: general attention's projected query (keys = memory)
+    q = torch.nn.functional.linear(top, w_query, b_query).contiguous() if w_query is not None else top
     f32 = x.new_empty(0, dtype=torch.float32)
     ctx, attn = _empty(B, M, like=f32), _empty(B, S, like=f32)  # fp32 whatever the dtype: raw scores live here
     BS, BM, nwa = attention_config(M)
@@ -213,7 +214,7 @@ def decoder_step(x: Tensor, feed: Optional[Tensor], h: Tensor, c: Tensor, w_cat:
     return out, h_new, c_new, attn.to(x.dtype)
 
 
-def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out) -> None:
+def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out, w_query=None) -> None:
     """The C++ op's checks that matter for memory safety, in its words."""
     L, B, H = h.shape
     if x.dtype not in DTYPES:
@@ -237,8 +238,12 @@ def _check(x, feed, h, c, w_cat, keys, score, memory, lengths, w_out) -> None:
         if tuple(w.shape) != want:
             raise RuntimeError(f"decoder_step: expected layer {layer} weight [w_ih | w_hh] of size {list(want)}, "
                                f"got {list(w.shape)}")
-    if score == "dot" and keys.shape[2] != H:
+    if score == "dot" and w_query is None and keys.shape[2] != H:
         raise RuntimeError(f"decoder_step: dot scores need keys of size [{B}, {memory.shape[1]}, {H}]")
+    if score == "dot" and w_query is not None and (w_query.dtype != x.dtype or w_query.device != x.device or
+                                                   tuple(w_query.shape) != (keys.shape[2], H)):
+        raise RuntimeError(f"decoder_step: dot scores with a query projection need w_query of size "
+                           f"[{keys.shape[2]}, {H}] and type {x.dtype}, got {list(w_query.shape)} {w_query.dtype}")
     if tuple(w_out.shape) != (H, memory.shape[2] + H):
         raise RuntimeError(f"decoder_step: expected w_out of size [{H}, {memory.shape[2] + H}], got "
                            f"{list(w_out.shape)}")
