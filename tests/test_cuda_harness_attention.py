@@ -166,7 +166,7 @@ def compare(got, want, kind, check, with_weights=True):
 KINDS = ["dot", "scaled_dot", "general", "additive"]
 SHAPES = [
     dict(B=3, Tq=1, S=7, M=24, lengths=True, splits=3, threads=64),
-    dict(B=5, Tq=1, S=33, M=40, lengths=False, splits=1, threads=64),
+    dict(B=5, Tq=1, S=33, M=40, lengths=False, splits=1, threads=64, weights=False),  # no score workspace
     dict(B=3, Tq=2, S=33, M=24, lengths=True, splits=2, threads=96),
     dict(B=5, Tq=1, S=1, M=40, lengths=True, splits=3, threads=32),  # S = 1: splits 1 and 2 hold no position
     # 150 positions in one split: tiles of 64, 64, 22 positions, with the scores of each row's valid positions in
@@ -182,7 +182,7 @@ def test_attention_fp32_matches_reference(harness, tmp_path, kind, shape):
     B, Tq, S, M = shape["B"], shape["Tq"], shape["S"], shape["M"]
     p = make_problem(kind, B, Tq, S, DQ, M, torch.float32, shape["lengths"], shape.get("ascending", False))
     d_context = torch.randn(B, Tq, M, dtype=torch.float64).float().double()
-    with_weights = shape["splits"] != 1  # the no-weights path (no score workspace) on the splits = 1 shape
+    with_weights = shape.get("weights", True)
     got = run_attention(harness, tmp_path, p, d_context, torch.float32, shape["splits"], shape["threads"],
                         return_weights=with_weights)
     want = reference(p, d_context)
@@ -194,7 +194,8 @@ def test_attention_fp32_matches_reference(harness, tmp_path, kind, shape):
     assert_close(got["lse"], reference_lse(p), f"{kind} lse", rtol=1e-5, atol=1e-5)
     if p["lengths"] is not None:  # padding: weight 0 and gradient 0 exactly
         pad = torch.arange(S) >= p["lengths"][:, None]
-        assert torch.all(got["weights"][pad[:, None, :].expand(B, Tq, S)] == 0)
+        if with_weights:
+            assert torch.all(got["weights"][pad[:, None, :].expand(B, Tq, S)] == 0)
         assert torch.all(got["d_values"][pad] == 0) and torch.all(got["d_keys"][pad] == 0)
 
 

@@ -232,6 +232,20 @@ def test_unsupported_reason_names_proj_size_dtype_and_shared_memory(monkeypatch)
     assert reason.startswith("persistent LSTM backward: B=64 H=768 needs ") and reason.endswith("allows 232448")
 
 
+def test_unsupported_reason_routes_gpus_older_than_sm80_to_triton(monkeypatch):
+    """The kernels are built for sm_80 and sm_90 only (CMakeLists.txt): an older GPU gets the stated fallback
+    instead of a "no kernel image" launch error."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(lstm_cuda, "_device_limits", lambda device: (H100["sm_count"], H100["max_smem_per_cta"]))
+    x, w_hh, w_hr = _meta_args(4, 16, torch.bfloat16)
+    on_gpu = SimpleNamespace(dtype=x.dtype, shape=x.shape, dim=x.dim, device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
+    assert lstm_cuda.unsupported_reason(on_gpu, w_hh, w_hr, True) == \
+        "the CUDA kernels are built for compute capability 8.0 and 9.0 (mma.sync on bf16), this GPU is 7.5"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert lstm_cuda.unsupported_reason(on_gpu, w_hh, w_hr, True) is None
+
+
 def test_fallback_without_triton_is_an_error_naming_both_reasons(monkeypatch):
     """backend="cuda" on a layer it cannot take goes to Triton; where Triton cannot run either, say both."""
     monkeypatch.setattr(lstm_cuda, "cuda_unavailable_reason", lambda device, c_error: None)

@@ -18,6 +18,7 @@
 #include "fused_s2s/rnn_cell.h"
 #include "gemm.h"
 #include "layer_common.h"
+#include "weight_cache.h"
 
 namespace fused_s2s::cpu {
 namespace {
@@ -172,11 +173,13 @@ WeightGrads weight_grads(const at::Tensor& x, const at::Tensor& w_ih, const at::
 // W_hh [G·H, H] packed into the fused recurrence's panels (cell_kernels.h, CellPanelPackArgs).
 template <typename scalar_t>
 at::Tensor pack_cell_panels(const at::Tensor& w_hh, int64_t gates) {
-  const int64_t H = w_hh.size(1), U = cell_panel_units<scalar_t>(gates);
-  at::Tensor panels = empty_buffer({(H + U - 1) / U, H, gates * U}, w_hh.options());
-  cell_pack_panels<scalar_t>({w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(),
-                              gates, H});
-  return panels;
+  return cached_packing(w_hh, Packing::kCellPanels, 0, [&] {
+    const int64_t H = w_hh.size(1), U = cell_panel_units<scalar_t>(gates);
+    at::Tensor panels = empty_buffer({(H + U - 1) / U, H, gates * U}, w_hh.options());
+    cell_pack_panels<scalar_t>(
+        {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), gates, H});
+    return panels;
+  });
 }
 
 }  // namespace

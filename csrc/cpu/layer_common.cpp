@@ -8,6 +8,7 @@
 
 #include "gemm.h"
 #include "lstm_kernels.h"
+#include "weight_cache.h"
 
 namespace fused_s2s::cpu {
 
@@ -48,14 +49,19 @@ at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options)
 
 StepWeight::StepWeight(const at::Tensor& w, int64_t rows, int64_t limit)
     : N(w.size(0)), K(w.size(1)), small(rows <= limit) {
+  // Reused across calls while w is unchanged (weight_cache.h).
   if (!small) {
-    packed = pack_weight(w.contiguous(), rows);
+    packed = cached_packing(w, Packing::kOneDnn, rows, [&] { return pack_weight(w.contiguous(), rows); });
     return;
   }
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fused_s2s_small_gemm_pack", [&] {
-    const int64_t width = small_gemm_panel_width<scalar_t>();
-    packed = empty_buffer({(N + width - 1) / width, K, width}, w.options());
-    small_gemm_pack<scalar_t>({w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), packed.data_ptr<scalar_t>(), N, K});
+  packed = cached_packing(w, Packing::kSmallGemm, 0, [&] {
+    at::Tensor p;
+    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fused_s2s_small_gemm_pack", [&] {
+      const int64_t width = small_gemm_panel_width<scalar_t>();
+      p = empty_buffer({(N + width - 1) / width, K, width}, w.options());
+      small_gemm_pack<scalar_t>({w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), p.data_ptr<scalar_t>(), N, K});
+    });
+    return p;
   });
 }
 

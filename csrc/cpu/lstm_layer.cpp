@@ -21,19 +21,22 @@
 #include "layer_common.h"
 #include "lstm_bf16_layer.h"
 #include "lstm_kernels.h"
+#include "weight_cache.h"
 
 namespace fused_s2s::cpu {
 namespace {
 
-// W_hh [4H, H] packed into gate-interleaved panels for fused_recurrence.
+// W_hh [4H, H] packed into gate-interleaved panels for fused_recurrence (reused across calls: weight_cache.h).
 template <typename scalar_t>
 at::Tensor gate_panels(const at::Tensor& w_hh) {
-  const int64_t H = w_hh.size(1);
-  const int64_t width = small_gemm_panel_width<scalar_t>(), units = width / 4;
-  at::Tensor panels = empty_buffer({(H + units - 1) / units, H, width}, w_hh.options());
-  small_gemm_pack<scalar_t>(
-      {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
-  return panels;
+  return cached_packing(w_hh, Packing::kGatePanels, 0, [&] {
+    const int64_t H = w_hh.size(1);
+    const int64_t width = small_gemm_panel_width<scalar_t>(), units = width / 4;
+    at::Tensor panels = empty_buffer({(H + units - 1) / units, H, width}, w_hh.options());
+    small_gemm_pack<scalar_t>(
+        {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
+    return panels;
+  });
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
@@ -253,10 +256,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     // the recurrence ran above; the GEMMs below take the bf16 dgates (fp32 accumulation inside oneDNN)
   } else if (!proj && use_fused_recurrence()) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
-      const int64_t width = small_gemm_panel_width<scalar_t>();
-      at::Tensor panels = empty_buffer({(H + width - 1) / width, 4 * H, width}, x.options());
       const at::Tensor w_hh = w_hh_in.contiguous();  // packed as W_hhᵀ: element (n, k) = w_hh[k, n]
-      small_gemm_pack<scalar_t>({w_hh.data_ptr<scalar_t>(), 1, H, panels.data_ptr<scalar_t>(), H, 4 * H, 0});
+      const at::Tensor panels = cached_packing(w_hh, Packing::kLstmBwdPanels, 0, [&] {
+        const int64_t width = small_gemm_panel_width<scalar_t>();
+        at::Tensor p = empty_buffer({(H + width - 1) / width, 4 * H, width}, x.options());
+        small_gemm_pack<scalar_t>({w_hh.data_ptr<scalar_t>(), 1, H, p.data_ptr<scalar_t>(), H, 4 * H, 0});
+        return p;
+      });
       const CpuLengths lengths_cpu(lengths);
       fused_recurrence_bwd<scalar_t>({panels.data_ptr<scalar_t>(), gates.contiguous().data_ptr<scalar_t>(),
                                       cells.contiguous().data_ptr<scalar_t>(), c0c.data_ptr<scalar_t>(),

@@ -73,7 +73,8 @@ __global__ void __launch_bounds__(kAttnMaxThreads, 1) attention_bwd_kernel(Atten
     acc = attn::warp_sum(acc);
     if (lane == 0) delta_s[t] = acc;
   }
-  // Each lane zeroes and later updates the same (t, d) elements, so the slice needs no ordering between lanes.
+  // Zeroed here, updated below by whichever lane owns column d: the __syncthreads below orders the two (for
+  // Tq > 1 and D not a multiple of 32 the zeroing lane of an element is not the one that updates it).
   for (int i = lane; i < Tq * D; i += 32) dq_w[i] = 0.0f;
   if constexpr (Additive) {
     for (int d = lane; d < D; d += 32) dv_w[d] = 0.0f;

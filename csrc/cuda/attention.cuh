@@ -80,7 +80,7 @@ struct AttentionFwdParams {
   float* part_ctx;         // [B·Tq, splits, M] workspace (splits > 1): each split's unnormalised context
   int B, Tq, S, D, M;
   int splits;              // CTAs per query row
-  int chunk;               // positions per split: ceil(S / splits) or more
+  int chunk;               // positions per split, splits · chunk ≥ S (positions past it would be dropped)
 };
 
 template <typename T>
@@ -102,7 +102,7 @@ struct AttentionBwdParams {
   float* dv_part;          // [B, P, D] workspace (additive), else unused
   int B, Tq, S, D, M;
   int splits;              // CTAs per batch row
-  int chunk;               // positions per split
+  int chunk;               // positions per split, splits · chunk ≥ S
   int warps;               // blockDim.x / 32 of attention_bwd_kernel (the reduce kernel needs it for P)
 };
 
@@ -130,6 +130,31 @@ inline std::size_t attention_combine_smem_bytes(int splits) {
 // Backward: delta [Tq] | per warp: d_keys row [D], d_values row [M].
 inline std::size_t attention_bwd_smem_bytes(int Tq, int D, int M, int warps) {
   return sizeof(float) * (static_cast<std::size_t>(Tq) + static_cast<std::size_t>(warps) * (D + M));
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Launch sequences, written once for the binding and the CPU harness. `launch(kernel, grid, threads,
+// smem_bytes, params)` launches one kernel: in the binding a <<<grid, threads, smem_bytes, stream>>> (after
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) above 48 KB) with its
+// error check; in the harness harness::launch. Kernels run in stream order, which is all the combine and
+// reduce kernels need (they read what the kernel before them wrote).
+// ------------------------------------------------------------------------------------------------------------
+// Forward: p.splits, p.chunk from attention_plan (splits · chunk ≥ S), workspaces sized as in the params.
+template <typename T, typename Launch>
+void attention_fwd_launch(const AttentionFwdParams<T>& p, bool additive, int threads, Launch&& launch) {
+  const int rows = p.B * p.Tq;
+  launch(additive ? &attention_fwd_kernel<T, true> : &attention_fwd_kernel<T, false>, rows * p.splits, threads,
+         attention_fwd_smem_bytes(p.D, p.M), p);
+  if (p.splits > 1) launch(&attention_fwd_combine_kernel<T>, rows, threads, attention_combine_smem_bytes(p.splits), p);
+}
+
+// Backward: blockDim.x = 32 · p.warps for the main kernel (the workspace's P = splits · warps depends on it).
+template <typename T, typename Launch>
+void attention_bwd_launch(const AttentionBwdParams<T>& p, bool additive, Launch&& launch) {
+  const int threads = 32 * p.warps;
+  launch(additive ? &attention_bwd_kernel<T, true> : &attention_bwd_kernel<T, false>, p.B * p.splits, threads,
+         attention_bwd_smem_bytes(p.Tq, p.D, p.M, p.warps), p);
+  launch(&attention_bwd_reduce_kernel<T>, p.B * p.Tq + (p.d_v != nullptr ? 1 : 0), threads, std::size_t{0}, p);
 }
 
 // ------------------------------------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ struct DecoderStepParams {
   DecoderCellParams<T> cell;    // the top layer's cell
   AttentionFwdParams<T> attn;   // attention with the cell's h' as query: attn.query unused (may be null),
                                 // attn.Tq = 1, attn.D = H, attn.keys [B, S, H], attn.context = ctx_h [B, M + H]
-                                // with attn.ldc = M + H; attn.scale; weights, scores, part_* as in attention.cuh
+                                // with attn.ldc = M + H; attn.scale; attn.lse [B] (written: the attention's
+                                // log-sum-exp, kept by a caller that wants it); weights, scores, part_* as in
+                                // attention.cuh
 };
 
 // One thread per (b, unit), grid-stride: grid = ceil(B·H / blockDim.x) (any), blockDim.x any multiple of 32.
@@ -72,6 +74,17 @@ __global__ void decoder_cell_attention_kernel(DecoderStepParams<T> p);
 // out [B, H] in: ctx_h·w_outᵀ; out: tanh(out + b_out). b_out [H] or nullptr. Grid-stride, any grid.
 template <typename T>
 __global__ void decoder_combine_tanh_kernel(T* out, const T* b_out, int B, int H);
+
+// The dot-score top layer's launches (step 2 above): decoder_cell_attention_kernel, then the combine when
+// p.attn.splits > 1. `launch` as for attention_fwd_launch (attention.cuh).
+template <typename T, typename Launch>
+void decoder_cell_attention_launch(const DecoderStepParams<T>& p, int threads, Launch&& launch) {
+  launch(&decoder_cell_attention_kernel<T>, p.cell.B * p.attn.splits, threads,
+         attention_fwd_smem_bytes(p.cell.H, p.attn.M), p);
+  if (p.attn.splits > 1) {
+    launch(&attention_fwd_combine_kernel<T>, p.cell.B, threads, attention_combine_smem_bytes(p.attn.splits), p.attn);
+  }
+}
 
 namespace decoder {
 

@@ -90,6 +90,7 @@ struct DeviceLimits {
   int index = 0;
   int sm_count = 0;
   int max_smem_per_cta = 0;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int cc_major = 0, cc_minor = 0;
   bool cooperative = false;
 };
 
@@ -100,6 +101,8 @@ DeviceLimits current_device_limits() {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, d.index));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.max_smem_per_cta, cudaDevAttrMaxSharedMemoryPerBlockOptin, d.index));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, d.index));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, d.index));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, d.index));
   d.cooperative = coop != 0;
   return d;
 }
@@ -108,6 +111,11 @@ DeviceLimits current_device_limits() {
 LstmPersistentPlan plan_or_throw(bool backward, int64_t B, int64_t H, const Tensor& w_hh, const DeviceLimits& dev) {
   TORCH_CHECK(dev.cooperative, "lstm_layer: CUDA device ", dev.index,
               " does not support cooperative launches, which the persistent CUDA LSTM kernels need");
+  // The kernels are built for sm_80 and sm_90 only (mma.sync with bf16 needs sm_80): on an older GPU the
+  // launch would fail with "no kernel image is available". fused_s2s/ops/lstm_cuda.py routes such devices to
+  // Triton; this is for direct op calls.
+  TORCH_CHECK(dev.cc_major >= 8, "lstm_layer: the persistent CUDA LSTM kernels need compute capability 8.0 or "
+              "newer, CUDA device ", dev.index, " is ", dev.cc_major, ".", dev.cc_minor);
   LstmPersistentPlan plan = lstm_persistent_plan(backward, static_cast<int>(B), static_cast<int>(H),
                                                  static_cast<int>(w_hh.element_size()), dev.sm_count,
                                                  static_cast<std::size_t>(dev.max_smem_per_cta));
@@ -120,8 +128,11 @@ LstmPersistentPlan plan_or_throw(bool backward, int64_t B, int64_t H, const Tens
 template <typename Params>
 void launch_cooperative(void (*kernel)(Params), Params params, const LstmPersistentPlan& plan, const DeviceLimits& dev,
                         const char* name) {
-  const int smem = static_cast<int>(plan.smem_bytes);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  // The device's opt-in limit, not this launch's size: the attribute is per function and device, so with this
+  // shape's size a call from another host thread with a smaller shape could lower it between this call's
+  // cudaFuncSetAttribute and its launch, which would then fail. The occupancy check and the launch use the
+  // real size (plan.smem_bytes <= dev.max_smem_per_cta: the plan refuses anything larger).
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.max_smem_per_cta));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads, plan.smem_bytes));
   TORCH_CHECK(static_cast<int64_t>(per_sm) * dev.sm_count >= plan.grid, "lstm_layer: ", name, " needs ", plan.grid,
@@ -223,6 +234,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cuda_lstm_lay
               "lstm_layer backward: gates and cells must be the forward's saved fp32 [", T, ", ", B, ", ", G,
               "] and [", T, ", ", B, ", ", H, "] (run the forward with save=True), got ", gates.sizes(), " ",
               gates.scalar_type(), " and ", cells.sizes(), " ", cells.scalar_type());
+  // The kernel reads dy [T,B,H], dh_n/dc_n [B,H], gates, cells with these sizes: a mismatch would read past
+  // them on the GPU (autograd always passes the right ones; this is for direct op calls).
+  TORCH_CHECK(dy.sizes() == at::IntArrayRef({T, B, H}) && dh_n.sizes() == at::IntArrayRef({B, H}) &&
+                  dc_n.sizes() == at::IntArrayRef({B, H}),
+              "lstm_layer backward: dy, dh_n and dc_n must be [", T, ", ", B, ", ", H, "], [", B, ", ", H, "] and [",
+              B, ", ", H, "], got ", dy.sizes(), ", ", dh_n.sizes(), " and ", dc_n.sizes());
+  for (const Tensor* t : {&dy, &dh_n, &dc_n, &gates, &cells, &y})
+    TORCH_CHECK(t->device() == x.device(), "lstm_layer backward: every tensor must be on x's device (", x.device(),
+                "), got ", t->device());
   const DeviceLimits dev = current_device_limits();
   const LstmPersistentPlan plan = plan_or_throw(true, B, H, w_hh, dev);
 

@@ -132,6 +132,10 @@ def unsupported_reason(x: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], needs_ba
         return f"the CUDA kernels take float32, bfloat16 or float16, got {x.dtype}"
     if x.dim() != 3 or w_hh.dim() != 2:
         return None  # malformed input: let the op's own checks say what is wrong
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 8:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        return (f"the CUDA kernels are built for compute capability 8.0 and 9.0 (mma.sync on bf16), this GPU is "
+                f"{major}.{minor}")
     sm_count, smem = _device_limits(x.device)
     B, H = int(x.shape[1]), int(w_hh.shape[1])
     for backward in (False, True) if needs_backward else (False,):

@@ -1,6 +1,7 @@
 // The harness' entry points for attention.cu and decoder_step.cu (declared in harness_api.h): argument checks,
-// exactly sized NaN-filled workspaces, then the kernels through harness::launch in the launcher's order. Also
-// the program's commands for them (fs2s_harness_attention_command), with main.cpp's file conventions.
+// exactly sized NaN-filled workspaces, then the launch sequences of attention.cuh / decoder_step.cuh (the ones the
+// binding uses) on harness::launch. Also the program's commands for them (fs2s_harness_attention_command), with
+// main.cpp's file conventions.
 // Built only with -DFS2S_CPU_HARNESS (g++ -std=c++20), linked with attention.cu and decoder_step.cu compiled as C++.
 #include <cmath>
 #include <cstdio>
@@ -36,6 +37,14 @@ int with_dtype(int dtype, F f) {
   }
 }
 
+// The launch sequences' `launch` (attention.cuh) on the CPU: every CUDA thread a std::thread.
+struct HarnessLaunch {
+  template <typename P>
+  void operator()(void (*kernel)(P), int grid, int threads, std::size_t smem, const P& p) const {
+    launch(dim3(static_cast<unsigned>(grid)), dim3(static_cast<unsigned>(threads)), smem, [&] { kernel(p); });
+  }
+};
+
 bool threads_ok(int threads) { return threads >= 32 && threads % 32 == 0 && threads <= fs2s::kAttnMaxThreads; }
 
 std::vector<float> nan_workspace(std::size_t n) { return std::vector<float>(n, std::nanf("")); }
@@ -62,18 +71,7 @@ extern "C" int fs2s_harness_attention_fwd(int dtype, int additive, const void* q
                                         part_ml.empty() ? nullptr : part_ml.data(),
                                         part_ctx.empty() ? nullptr : part_ctx.data(), B, Tq, S, D, M, splits,
                                         (S + splits - 1) / splits};
-    const std::size_t smem = fs2s::attention_fwd_smem_bytes(D, M);
-    launch(dim3(rows * splits), dim3(threads), smem, [&] {
-      if (additive) {
-        fs2s::attention_fwd_kernel<T, true>(p);
-      } else {
-        fs2s::attention_fwd_kernel<T, false>(p);
-      }
-    });
-    if (splits > 1) {
-      launch(dim3(rows), dim3(threads), fs2s::attention_combine_smem_bytes(splits),
-             [&] { fs2s::attention_fwd_combine_kernel<T>(p); });
-    }
+    fs2s::attention_fwd_launch(p, additive != 0, threads, HarnessLaunch{});
   });
 }
 
@@ -98,14 +96,7 @@ extern "C" int fs2s_harness_attention_bwd(int dtype, int additive, const void* d
                                         additive ? static_cast<T*>(d_v) : nullptr, dq_part.data(),
                                         dv_part.empty() ? nullptr : dv_part.data(), B, Tq, S, D, M, splits,
                                         (S + splits - 1) / splits, warps};
-    launch(dim3(B * splits), dim3(threads), fs2s::attention_bwd_smem_bytes(Tq, D, M, warps), [&] {
-      if (additive) {
-        fs2s::attention_bwd_kernel<T, true>(p);
-      } else {
-        fs2s::attention_bwd_kernel<T, false>(p);
-      }
-    });
-    launch(dim3(B * Tq + (additive ? 1 : 0)), dim3(threads), 0, [&] { fs2s::attention_bwd_reduce_kernel<T>(p); });
+    fs2s::attention_bwd_launch(p, additive != 0, HarnessLaunch{});
   });
 }
 
@@ -142,12 +133,7 @@ extern "C" int fs2s_harness_decoder_step(int dtype, const void* gates, const voi
                                          part_ml.empty() ? nullptr : part_ml.data(),
                                          part_ctx.empty() ? nullptr : part_ctx.data(), B, 1, S, H, M, splits,
                                          (S + splits - 1) / splits};
-    launch(dim3(B * splits), dim3(threads), fs2s::attention_fwd_smem_bytes(H, M),
-           [&] { fs2s::decoder_cell_attention_kernel<T>(p); });
-    if (splits > 1) {
-      launch(dim3(B), dim3(threads), fs2s::attention_combine_smem_bytes(splits),
-             [&] { fs2s::attention_fwd_combine_kernel<T>(p.attn); });
-    }
+    fs2s::decoder_cell_attention_launch(p, threads, HarnessLaunch{});
   });
 }
 
