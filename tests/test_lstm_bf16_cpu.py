@@ -194,3 +194,18 @@ def test_opcheck_bf16():
     torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_fwd.default, args)
     torch.library.opcheck(torch.ops.fused_s2s.lstm_layer_infer.default, [
         a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+
+
+@needs_native
+def test_cached_panels_follow_weight_changes():
+    """The packed bf16 panels are reused across calls (weight_cache.h) only while W_hh holds the same bytes:
+    after an in-place update the output is the updated weights' (checked against nn.LSTM on them)."""
+    ref = nn.LSTM(6, 16).bfloat16()
+    fused = FusedLSTM.from_lstm(ref)
+    x = torch.randn(5, 3, 6).bfloat16()
+    with torch.no_grad():
+        fused(x)  # fills the cache
+        for m in (ref, fused):
+            m.weight_hh_l0.add_(0.5)
+        want, got = ref(x)[0], fused(x)[0]
+    assert_close(got, want, "output after the update", rtol=4e-2, atol=4e-2)

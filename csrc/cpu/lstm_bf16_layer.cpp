@@ -10,6 +10,7 @@
 #include "gemm.h"
 #include "layer_common.h"
 #include "lstm_bf16_kernels.h"
+#include "weight_cache.h"
 
 namespace fused_s2s::cpu {
 
@@ -62,8 +63,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16
   const bool amx = use_amx();
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
   const std::optional<at::Tensor> bias = fp32_bias(b_ih, b_hh);
-  at::Tensor panels = at::empty({bf16_fwd_panels_elems(H)}, x.options());
-  bf16_pack_fwd_panels(bits(w_hh), H, bits(panels));
+  const at::Tensor panels = cached_packing(w_hh, Packing::kBf16GatePanels, 0, [&] {
+    at::Tensor p = at::empty({bf16_fwd_panels_elems(H)}, x.options());
+    bf16_pack_fwd_panels(bits(w_hh), H, bits(p));
+    return p;
+  });
   at::Tensor y = empty_buffer({T, B, H}, x.options());
   // h_{t-1} for the product, zero-padded to whole tiles: the products take K in blocks of 32 (rows in
   // blocks of 16 with AMX)
@@ -111,8 +115,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
   const at::Tensor dy = dy_in.contiguous(), gates = gates_in.contiguous(), cells = cells_in.contiguous();
   const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
-  at::Tensor panels = at::empty({bf16_bwd_panels_elems(H)}, w_hh.options());
-  bf16_pack_bwd_panels(bits(w_hh), H, bits(panels));
+  const at::Tensor panels = cached_packing(w_hh, Packing::kBf16BwdPanels, 0, [&] {
+    at::Tensor p = at::empty({bf16_bwd_panels_elems(H)}, w_hh.options());
+    bf16_pack_bwd_panels(bits(w_hh), H, bits(p));
+    return p;
+  });
   const bool amx = use_amx() && (4 * H) % 32 == 0;
   // With AMX the last step's product reads whole 16-row tiles of dG: 16 zero rows past the end keep that
   // read inside the buffer (the extra rows' results are ignored).
