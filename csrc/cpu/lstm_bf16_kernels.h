@@ -61,6 +61,7 @@ struct Bf16RecurrenceBwdArgs {
   const uint16_t* dy;      // [T, B, H] bf16
   uint16_t* dgates;        // [T, B, 4H] bf16 out (0 where inactive); with amx, followed by 16 readable
                            // rows of 4H (the last step's tiles read up to 16 rows)
+  float* dgates_f32;       // [T, B, 4H] the same in fp32 (for the weight gradients of few rows), or nullptr
   float* dh;               // [B, H] in: dL/dh_n; out: dL/dh0
   float* dc;               // [B, H] in: dL/dc_n; out: dL/dc0
   const int64_t* lengths;  // [B] or nullptr

@@ -104,10 +104,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16
   return {y, h_n, c_state.to(x.scalar_type()), gates, cells};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
     const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& c0,
     const at::Tensor& w_hh_in, const std::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& gates_in,
-    const at::Tensor& cells_in) {
+    const at::Tensor& cells_in, bool fp32_dgates) {
   TORCH_CHECK(bf16_native_enabled(), "lstm_layer_bwd: the native bf16 kernel is not available on this machine");
   TORCH_CHECK(gates_in.scalar_type() == at::kBFloat16 && cells_in.scalar_type() == at::kFloat,
               "lstm_layer_bwd: the bf16 layer saves bf16 gates and fp32 cells, got ", gates_in.scalar_type(), " and ",
@@ -126,14 +126,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
   at::Tensor dg_buf = empty_buffer({T * B + (amx ? 16 : 0), 4 * H}, dy.options());
   if (amx) dg_buf.narrow(0, T * B, 16).zero_();
   at::Tensor dgates = dg_buf.narrow(0, 0, T * B).view({T, B, 4 * H});
+  const at::Tensor dgates_f32 =
+      fp32_dgates ? empty_buffer({T, B, 4 * H}, dy.options().dtype(at::kFloat)) : at::Tensor();
   at::Tensor dh = dh_n.to(at::kFloat).contiguous().clone();
   at::Tensor dc = dc_n.to(at::kFloat).contiguous().clone();
   const at::Tensor c0f = c0.to(at::kFloat).contiguous();
   const CpuLengths lengths_cpu(lengths);
   bf16_fused_recurrence_bwd({bits(panels), bits(gates), cells.data_ptr<float>(), c0f.data_ptr<float>(), bits(dy),
-                             bits(dgates), dh.data_ptr<float>(), dc.data_ptr<float>(), lengths_cpu.data(), T, B, H,
-                             reverse, amx});
-  return {dgates, dh.to(dy.scalar_type()), dc.to(dy.scalar_type())};
+                             bits(dgates), dgates_f32.defined() ? dgates_f32.data_ptr<float>() : nullptr,
+                             dh.data_ptr<float>(), dc.data_ptr<float>(), lengths_cpu.data(), T, B, H, reverse, amx});
+  return {dgates, dgates_f32, dh.to(dy.scalar_type()), dc.to(dy.scalar_type())};
 }
 
 #else  // built without the bf16 kernels: bf16_native_enabled() is false and fused_s2s.ops never calls these
@@ -145,9 +147,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16
   TORCH_CHECK(false, "lstm_layer: this build has no native bf16 kernel (the compiler lacked -mavx512bf16)");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, bool, const at::Tensor&, const at::Tensor&) {
+    const std::optional<at::Tensor>&, bool, const at::Tensor&, const at::Tensor&, bool) {
   TORCH_CHECK(false, "lstm_layer_bwd: this build has no native bf16 kernel (the compiler lacked -mavx512bf16)");
 }
 

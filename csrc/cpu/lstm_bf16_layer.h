@@ -26,10 +26,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16
     const std::optional<at::Tensor>& lengths, bool reverse, bool save);
 
 // The backward recurrence: dy [T, B, H], dh_n, dc_n [B, H] bf16; gates, cells as lstm_bf16_fwd saved them.
-// -> dgates [T, B, 4H] bf16 (0 where inactive; the dX and dW GEMMs take it), dh0 [B, H] bf16, dc0 [B, H] bf16
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
+// -> dgates [T, B, 4H] bf16 (0 where inactive; the dX and dW GEMMs take it), the same in fp32 when
+//    `fp32_dgates` (else undefined), dh0 [B, H] bf16, dc0 [B, H] bf16
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bf16_bwd_recurrence(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& c0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& gates,
-    const at::Tensor& cells);
+    const at::Tensor& cells, bool fp32_dgates);
 
 }  // namespace fused_s2s::cpu

@@ -269,8 +269,11 @@ void bwd_panels_of_step(const Bf16RecurrenceBwdArgs& a, int64_t s, int64_t p0, i
       for (int64_t j = j0; j < std::min(H, j0 + kCols); j += 16) {
         const int cnt = static_cast<int>(std::min<int64_t>(16, H - j));
         uint16_t* dg = a.dgates + (t * B + b) * K + j;
+        float* dg32 = a.dgates_f32 != nullptr ? a.dgates_f32 + (t * B + b) * K + j : nullptr;
         if (!on) {
           for (int g = 0; g < 4; ++g) std::fill(dg + g * H, dg + g * H + cnt, uint16_t(0));
+          if (dg32 != nullptr)
+            for (int g = 0; g < 4; ++g) std::fill(dg32 + g * H, dg32 + g * H + cnt, 0.0f);
           continue;
         }
         const uint16_t* gt = a.gates + (t * B + b) * K + j;
@@ -287,6 +290,12 @@ void bwd_panels_of_step(const Bf16RecurrenceBwdArgs& a, int64_t s, int64_t p0, i
         store_bf16(dg + H, daf, cnt);
         store_bf16(dg + 2 * H, dag, cnt);
         store_bf16(dg + 3 * H, dao, cnt);
+        if (dg32 != nullptr) {
+          store_f32(dg32, dai, cnt);
+          store_f32(dg32 + H, daf, cnt);
+          store_f32(dg32 + 2 * H, dag, cnt);
+          store_f32(dg32 + 3 * H, dao, cnt);
+        }
       }
     }
   }

@@ -239,8 +239,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
 
   at::Tensor dgates, dh, dc;  // dh: gradient reaching the recurrent state h_t (P wide)
+  at::Tensor dgates_f32;      // bf16 layers over few rows: dG in fp32 as well, for the weight gradients
   if (bf16) {
-    std::tie(dgates, dh, dc) = lstm_bf16_bwd_recurrence(dy, dh_n, dc_n, c0, w_hh_in, lengths, reverse, gates, cells);
+    // dX and the weight gradients sum dG over 4H and T·B. Over few rows the bf16 rounding of dG dominates
+    // their error (T7 B1: up to 3.6x nn.LSTM's own error on dW_ih), so there the kernel also writes dG in
+    // fp32 and those GEMMs run in fp32 (cheap at that size); over many rows the roundings average out (T50
+    // B16: 1.0-1.12x nn.LSTM's error) and the bf16 GEMMs, ~4x faster here, take them.
+    constexpr int64_t kFp32WeightGradRows = 256;
+    std::tie(dgates, dgates_f32, dh, dc) = lstm_bf16_bwd_recurrence(
+        dy, dh_n, dc_n, c0, w_hh_in, lengths, reverse, gates, cells,
+        (need_dw || need_dx) && T * B <= kFp32WeightGradRows);
   } else {
     dgates = empty_buffer({T, B, 4 * H}, x.options());
     dh = dh_n.contiguous().clone();
@@ -308,43 +316,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   });
 
   const at::Tensor dg2 = dgates.view({T * B, 4 * H});
-  at::Tensor dx = need_dx ? fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I}) : at::empty({0}, x.options());
+  at::Tensor dx;
+  if (!need_dx) {
+    dx = at::empty({0}, x.options());
+  } else if (dgates_f32.defined()) {  // few rows: dX from the fp32 dG too (T1 B1: 5.8x nn.LSTM's error from bf16)
+    dx = at::mm(dgates_f32.view({T * B, 4 * H}), w_ih_in.to(at::kFloat)).to(x.scalar_type()).view({T, B, I});
+  } else {
+    dx = fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I});
+  }
   if (!need_dw) {  // frozen weights: skip the weight GEMMs, as cuDNN's backward does with its output mask
     const auto none = [&] { return at::empty({0}, x.options()); };  // distinct tensors: outputs must not alias
     return {dx, dh, dc, none(), none(), none(), none()};
   }
+  // The weight gradients' operands: dG and x, y, h0 in the dtype they are summed in (x's, or fp32 above).
+  const at::Tensor dgw = dgates_f32.defined() ? dgates_f32 : dgates;
+  const at::TensorOptions wopt = x.options().dtype(dgw.scalar_type());
+  const at::Tensor xw = x.to(dgw.scalar_type()), yw = y.to(dgw.scalar_type()), h0w = h0.to(dgw.scalar_type());
+  const at::Tensor dgw2 = dgw.view({T * B, 4 * H});
   // Padding steps have dG = 0, but whatever x holds there (NaN, inf) must not reach dW_ih as 0 * NaN.
-  at::Tensor x_valid = x;
+  at::Tensor x_valid = xw;
   if (lengths.has_value()) {
     const at::Tensor t_index = at::arange(T, lengths->options().dtype(at::kLong).device(at::kCPU)).view({T, 1});
     const at::Tensor padding = t_index >= lengths->to(at::kCPU, at::kLong).view({1, B});  // [T, B]
-    x_valid = x.masked_fill(padding.unsqueeze(-1).to(x.device()), 0);
+    x_valid = xw.masked_fill(padding.unsqueeze(-1).to(x.device()), 0);
   }
-  at::Tensor dw_ih = at::mm(dg2.t(), x_valid.view({T * B, I}));
+  at::Tensor dw_ih = at::mm(dgw2.t(), x_valid.view({T * B, I}));
   // dW_hh = sum over steps of dG_t^T · h_{t-1}. For every step but each sequence's first, h_{t-1} is the
   // previous step's output y (y is 0 where the previous step was inactive, which only happens where the
   // step itself is a reverse sequence's first); the first steps take h0.
-  at::Tensor dw_hh = at::zeros({4 * H, P}, x.options());
+  at::Tensor dw_hh = at::zeros({4 * H, P}, wopt);
   if (T > 1) {
-    const at::Tensor dg_rest = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
-    const at::Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    const at::Tensor dg_rest = reverse ? dgw.narrow(0, 0, T - 1) : dgw.narrow(0, 1, T - 1);
+    const at::Tensor y_prev = reverse ? yw.narrow(0, 1, T - 1) : yw.narrow(0, 0, T - 1);
     dw_hh.addmm_(dg_rest.reshape({(T - 1) * B, 4 * H}).t(), y_prev.reshape({(T - 1) * B, P}));
   }
   at::Tensor dg_first;
   if (!reverse) {
-    dg_first = dgates[0];
+    dg_first = dgw[0];
   } else if (active.lengths.empty()) {
-    dg_first = dgates[T - 1];
+    dg_first = dgw[T - 1];
   } else {
     at::Tensor first_t = lengths->to(at::kCPU, at::kLong) - 1;
-    dg_first = dgates.permute({1, 0, 2})
+    dg_first = dgw.permute({1, 0, 2})
                    .gather(1, first_t.view({B, 1, 1}).expand({B, 1, 4 * H}))
                    .view({B, 4 * H});
   }
-  dw_hh.addmm_(dg_first.t(), h0.contiguous());
-  at::Tensor db = dg2.sum(0);
+  dw_hh.addmm_(dg_first.t(), h0w.contiguous());
+  at::Tensor db = dgw2.sum(0);
   at::Tensor dw_hr = proj ? at::mm(dr_all.view({T * B, P}).t(), h_raw.view({T * B, H})) : at::empty({0}, x.options());
-  return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
+  const at::ScalarType dt = x.scalar_type();  // fp32 sums (bf16 layers over few rows) rounded once, here
+  return {dx, dh, dc, dw_ih.to(dt), dw_hh.to(dt), db.to(dt), dw_hr};
 }
 
 }  // namespace fused_s2s::cpu
