@@ -262,8 +262,10 @@ def test_env_backend_overrides_auto():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_16bit_inputs_compute_in_fp32(dtype):
-    """16-bit inputs run the fp32 kernel; the result is the fp32 reference rounded to the dtype."""
+def test_16bit_inputs_compute_in_fp32(dtype, monkeypatch):
+    """16-bit inputs run the fp32 kernel; the result is the fp32 reference rounded to the dtype. (bf16 runs
+    natively where it can, tests/test_lstm_bf16_cpu.py: switched off here to test the fp32 route.)"""
+    monkeypatch.setenv("FUSED_S2S_NATIVE_BF16", "0")
     args = make_layer_args(T=6, B=10, I=5, H=8, P=0, lengths=True, dtype=dtype)
     out = lstm_layer(*args, backend="cpu")
     as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]

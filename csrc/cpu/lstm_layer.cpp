@@ -19,6 +19,7 @@
 
 #include "gemm.h"
 #include "layer_common.h"
+#include "lstm_bf16_layer.h"
 #include "lstm_kernels.h"
 #include "weight_cache.h"
 
@@ -53,8 +54,16 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "lstm_layer: w_hr must be [P, ", H, "], got ", w_hr->sizes());
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, P}), "lstm_layer: h0 must be [", B, ", ", P, "], got ", h0.sizes());
   TORCH_CHECK(c0.sizes() == at::IntArrayRef({B, H}), "lstm_layer: c0 must be [", B, ", ", H, "], got ", c0.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "lstm_layer: the CPU kernel takes float32 or float64, got ", x.scalar_type());
+  if (x.scalar_type() == at::kBFloat16) {  // the native bf16 kernel (lstm_bf16_layer.h)
+    TORCH_CHECK(bf16_native_enabled(), "lstm_layer: bf16 on the CPU needs the native bf16 kernel, which is off "
+                "here (fused_s2s.ops.lstm_layer runs bf16 through the fp32 kernel instead)");
+    TORCH_CHECK(!w_hr.has_value(), "lstm_layer: the native bf16 kernel has no projection (proj_size)");
+    TORCH_CHECK(T > 0, "lstm_layer: the native bf16 kernel needs at least one step");
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                "lstm_layer: the CPU kernel takes float32, float64 or (natively, where supported) bfloat16, got ",
+                x.scalar_type());
+  }
   TORCH_CHECK(H > 0, "lstm_layer: hidden_size must be greater than zero");
   std::vector<const at::Tensor*> tensors = {&h0, &c0, &w_ih, &w_hh};
   if (w_hr.has_value()) tensors.push_back(&*w_hr);
@@ -100,6 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& w_hr_in, const std::optional<at::Tensor>& lengths, bool reverse) {
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr_in, lengths);
   check_biases(x_in, w_ih_in.size(0) / 4, b_ih, b_hh);
+  if (x_in.scalar_type() == at::kBFloat16)
+    return lstm_bf16_fwd(x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, lengths, reverse, /*save=*/true);
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const std::optional<at::Tensor> w_hr =
       w_hr_in.has_value() ? std::optional<at::Tensor>(w_hr_in->contiguous()) : std::nullopt;
@@ -168,6 +179,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
   }
   check_inputs(x_in, h0, c0, w_ih_in, w_hh_in, w_hr, lengths);
   check_biases(x_in, w_ih_in.size(0) / 4, b_ih, b_hh);
+  if (x_in.scalar_type() == at::kBFloat16) {
+    auto [y, h_n, c_n, gates, cells] =
+        lstm_bf16_fwd(x_in, h0, c0, w_ih_in, w_hh_in, b_ih, b_hh, lengths, reverse, /*save=*/false);
+    return {y, h_n, c_n};
+  }
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
   // Nothing is saved for backward, so the input projection is computed a chunk of steps at a time into
@@ -215,22 +231,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               dh_n.sizes());
   TORCH_CHECK(dc_n.sizes() == at::IntArrayRef({B, H}), "lstm_layer_bwd: dc_n must be [", B, ", ", H, "], got ",
               dc_n.sizes());
+  const bool bf16 = x.scalar_type() == at::kBFloat16;  // saves fp32 cells (lstm_bf16_layer.h)
   for (const at::Tensor* t : {&dy_in, &dh_n, &dc_n, &y, &gates, &cells})
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+    TORCH_CHECK(t->scalar_type() == (bf16 && t == &cells ? at::kFloat : x.scalar_type()) && t->device() == x.device(),
                 "lstm_layer_bwd: every tensor must match x's dtype and device (", x.scalar_type(), ", ", x.device(),
                 "), got ", t->scalar_type(), ", ", t->device());
   // The backward products are x·W with W untransposed: transpose once so every GEMM is x·wᵀ.
 
-  at::Tensor dgates = empty_buffer({T, B, 4 * H}, x.options());
-  at::Tensor dh = dh_n.contiguous().clone();  // gradient reaching the recurrent state h_t (P wide)
-  at::Tensor dc = dc_n.contiguous().clone();
+  at::Tensor dgates, dh, dc;  // dh: gradient reaching the recurrent state h_t (P wide)
+  at::Tensor dgates_f32;      // bf16 layers over few rows: dG in fp32 as well, for the weight gradients
+  if (bf16) {
+    // dX and the weight gradients sum dG over 4H and T·B. Over few rows the bf16 rounding of dG dominates
+    // their error (T7 B1: up to 3.6x nn.LSTM's own error on dW_ih), so there the kernel also writes dG in
+    // fp32 and those GEMMs run in fp32 (cheap at that size); over many rows the roundings average out (T50
+    // B16: 1.0-1.12x nn.LSTM's error) and the bf16 GEMMs, ~4x faster here, take them.
+    constexpr int64_t kFp32WeightGradRows = 256;
+    std::tie(dgates, dgates_f32, dh, dc) = lstm_bf16_bwd_recurrence(
+        dy, dh_n, dc_n, c0, w_hh_in, lengths, reverse, gates, cells,
+        (need_dw || need_dx) && T * B <= kFp32WeightGradRows);
+  } else {
+    dgates = empty_buffer({T, B, 4 * H}, x.options());
+    dh = dh_n.contiguous().clone();
+    dc = dc_n.contiguous().clone();
+  }
   at::Tensor dr_all = proj ? empty_buffer({T, B, P}, x.options()) : at::Tensor();  // gradient at y[t]+recurrence
   // o*tanh(c) before the projection, kept only for dW_hr
   at::Tensor h_raw = proj && need_dw ? empty_buffer({T, B, H}, x.options()) : at::Tensor();
   const at::Tensor c0c = c0.contiguous();
   ActiveRows active(lengths, B);
 
-  if (!proj && use_fused_recurrence()) {
+  if (bf16) {
+    // the recurrence ran above; the GEMMs below take the bf16 dgates (fp32 accumulation inside oneDNN)
+  } else if (!proj && use_fused_recurrence()) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_bwd", [&] {
       const at::Tensor w_hh = w_hh_in.contiguous();  // packed as W_hhᵀ: element (n, k) = w_hh[k, n]
       const at::Tensor panels = cached_packing(w_hh, Packing::kLstmBwdPanels, 0, [&] {
@@ -284,43 +316,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   });
 
   const at::Tensor dg2 = dgates.view({T * B, 4 * H});
-  at::Tensor dx = need_dx ? fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I}) : at::empty({0}, x.options());
+  at::Tensor dx;
+  if (!need_dx) {
+    dx = at::empty({0}, x.options());
+  } else if (dgates_f32.defined()) {  // few rows: dX from the fp32 dG too (T1 B1: 5.8x nn.LSTM's error from bf16)
+    dx = at::mm(dgates_f32.view({T * B, 4 * H}), w_ih_in.to(at::kFloat)).to(x.scalar_type()).view({T, B, I});
+  } else {
+    dx = fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I});
+  }
   if (!need_dw) {  // frozen weights: skip the weight GEMMs, as cuDNN's backward does with its output mask
     const auto none = [&] { return at::empty({0}, x.options()); };  // distinct tensors: outputs must not alias
     return {dx, dh, dc, none(), none(), none(), none()};
   }
+  // The weight gradients' operands: dG and x, y, h0 in the dtype they are summed in (x's, or fp32 above).
+  const at::Tensor dgw = dgates_f32.defined() ? dgates_f32 : dgates;
+  const at::TensorOptions wopt = x.options().dtype(dgw.scalar_type());
+  const at::Tensor xw = x.to(dgw.scalar_type()), yw = y.to(dgw.scalar_type()), h0w = h0.to(dgw.scalar_type());
+  const at::Tensor dgw2 = dgw.view({T * B, 4 * H});
   // Padding steps have dG = 0, but whatever x holds there (NaN, inf) must not reach dW_ih as 0 * NaN.
-  at::Tensor x_valid = x;
+  at::Tensor x_valid = xw;
   if (lengths.has_value()) {
     const at::Tensor t_index = at::arange(T, lengths->options().dtype(at::kLong).device(at::kCPU)).view({T, 1});
     const at::Tensor padding = t_index >= lengths->to(at::kCPU, at::kLong).view({1, B});  // [T, B]
-    x_valid = x.masked_fill(padding.unsqueeze(-1).to(x.device()), 0);
+    x_valid = xw.masked_fill(padding.unsqueeze(-1).to(x.device()), 0);
   }
-  at::Tensor dw_ih = at::mm(dg2.t(), x_valid.view({T * B, I}));
+  at::Tensor dw_ih = at::mm(dgw2.t(), x_valid.view({T * B, I}));
   // dW_hh = sum over steps of dG_t^T · h_{t-1}. For every step but each sequence's first, h_{t-1} is the
   // previous step's output y (y is 0 where the previous step was inactive, which only happens where the
   // step itself is a reverse sequence's first); the first steps take h0.
-  at::Tensor dw_hh = at::zeros({4 * H, P}, x.options());
+  at::Tensor dw_hh = at::zeros({4 * H, P}, wopt);
   if (T > 1) {
-    const at::Tensor dg_rest = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
-    const at::Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    const at::Tensor dg_rest = reverse ? dgw.narrow(0, 0, T - 1) : dgw.narrow(0, 1, T - 1);
+    const at::Tensor y_prev = reverse ? yw.narrow(0, 1, T - 1) : yw.narrow(0, 0, T - 1);
     dw_hh.addmm_(dg_rest.reshape({(T - 1) * B, 4 * H}).t(), y_prev.reshape({(T - 1) * B, P}));
   }
   at::Tensor dg_first;
   if (!reverse) {
-    dg_first = dgates[0];
+    dg_first = dgw[0];
   } else if (active.lengths.empty()) {
-    dg_first = dgates[T - 1];
+    dg_first = dgw[T - 1];
   } else {
     at::Tensor first_t = lengths->to(at::kCPU, at::kLong) - 1;
-    dg_first = dgates.permute({1, 0, 2})
+    dg_first = dgw.permute({1, 0, 2})
                    .gather(1, first_t.view({B, 1, 1}).expand({B, 1, 4 * H}))
                    .view({B, 4 * H});
   }
-  dw_hh.addmm_(dg_first.t(), h0.contiguous());
-  at::Tensor db = dg2.sum(0);
+  dw_hh.addmm_(dg_first.t(), h0w.contiguous());
+  at::Tensor db = dgw2.sum(0);
   at::Tensor dw_hr = proj ? at::mm(dr_all.view({T * B, P}).t(), h_raw.view({T * B, H})) : at::empty({0}, x.options());
-  return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
+  const at::ScalarType dt = x.scalar_type();  // fp32 sums (bf16 layers over few rows) rounded once, here
+  return {dx, dh, dc, dw_ih.to(dt), dw_hh.to(dt), db.to(dt), dw_hr};
 }
 
 }  // namespace fused_s2s::cpu

@@ -22,6 +22,8 @@ enum class Packing : int64_t {
   kCellPanels = 3,     // fused GRU / RNN recurrence (the gate count is in the weight's shape)
   kSmallGemm = 4,      // StepWeight: small_gemm panels
   kOneDnn = 5,         // StepWeight: oneDNN's layout for `rows` rows
+  kBf16GatePanels = 6,  // native bf16 LSTM forward: W_hh in K-pair gate panels (lstm_bf16_kernels.h)
+  kBf16BwdPanels = 7,   // native bf16 LSTM backward: W_hhᵀ in K-pair panels
 };
 
 // pack() for w, or the tensor an earlier call with the same w (address, shape, strides, dtype, bytes), tag and

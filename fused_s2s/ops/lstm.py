@@ -110,13 +110,26 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
         args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
         y, h_n, c_n, _gates, _cells = torch.ops.fused_s2s.triton_lstm_layer_fwd(*args, _needs_backward(args))
         return y, h_n, c_n
+    if x.dtype == torch.bfloat16 and _bf16_native(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        # The native bf16 kernel: bf16 GEMM operands, fp32 accumulation, cell math and c (csrc/cpu/lstm_bf16_*).
+        return _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if x.dtype in (torch.bfloat16, torch.float16):
-        # The CPU kernel computes 16-bit inputs in fp32 (fp32 products and cell state, as the GPU kernels
-        # do) and rounds the results back to the input's dtype; autograd carries the casts.
+        # Elsewhere the CPU kernel computes 16-bit inputs in fp32 (fp32 products and cell state, as the GPU
+        # kernels do) and rounds the results back to the input's dtype; autograd carries the casts.
         out = _cpu_layer(*(None if t is None else t.float() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)),
                          lengths, reverse)
         return tuple(t.to(x.dtype) for t in out)
     return _cpu_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+
+
+def _bf16_native(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) -> bool:
+    """Whether the C++ ops take these bf16 tensors natively: every one bf16, no projection, at least one
+    step, and the kernel on (built with -mavx512bf16, an AVX512-BF16 CPU, FUSED_S2S_NATIVE_BF16 not 0:
+    asked of the extension at every call, so the environment switch works inside a running process)."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return (w_hr is None and x.dim() == 3 and x.shape[0] > 0
+            and all(t is None or t.dtype == torch.bfloat16 for t in tensors)
+            and torch.ops.fused_s2s.lstm_bf16_native())
 
 
 # The kinds of reason already warned about: a fallback is stated once per kind, not once per call or per
@@ -160,8 +173,10 @@ if _C_ERROR is None:
         T, B, _ = x.shape
         H = w_ih.shape[0] // 4
         P = w_hr.shape[0] if w_hr is not None else H
+        # the native bf16 kernel keeps c, and so the saved cells, in fp32
+        cells_dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
         return (x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H), x.new_empty(T, B, 4 * H),
-                x.new_empty(T, B, H))
+                x.new_empty(T, B, H, dtype=cells_dtype))
 
     @torch.library.register_fake("fused_s2s::lstm_layer_infer")
     def _lstm_layer_infer_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
