@@ -135,7 +135,7 @@ def test_env_backend_cuda_leaves_gru_on_autos_choice(monkeypatch):
 
 def test_peephole_has_no_cuda_kernels():
     lstm = FusedLSTM(3, 4, peephole=True, backend="cuda")
-    with pytest.raises(RuntimeError, match="^backend 'cuda' has no peephole-LSTM kernels yet"):
+    with pytest.raises(RuntimeError, match="^backend 'cuda' has no peephole-LSTM kernels"):
         lstm(torch.randn(5, 2, 3))
 
 
