@@ -31,7 +31,7 @@ LSTM_BAD = {
     "h0 wrong batch": (dict(h0=torch.zeros(B + 1, H)), "h0 must be"),
     "c0 wrong hidden": (dict(c0=torch.zeros(B, H - 1)), "c0 must be"),
     "bias wrong size": (dict(b_ih=torch.randn(4 * H - 1)), "biases must be"),
-    "half x": (dict(x=torch.randn(T, B, I).half()), "float32 or float64"),
+    "half x": (dict(x=torch.randn(T, B, I).half()), "takes float32, float64 or"),
     "mixed dtypes": (dict(w_hh=torch.randn(4 * H, H, dtype=torch.float64)), "must match x's dtype"),
     "length 0": (dict(lengths=torch.tensor([T, 0, 2])), "every length must be in"),
     "length > T": (dict(lengths=torch.tensor([T, T + 1, 2])), "every length must be in"),
