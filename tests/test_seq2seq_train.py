@@ -64,12 +64,16 @@ def test_seq2seq_learns_reversal():
     exact = (pred == tgt[:, 1:]).all(dim=1).float().mean().item()
     print(f"\nreversal: {STEPS} steps in {train_time:.1f} s, final loss {loss.item():.4f}, "
           f"greedy exact match {exact:.3f}, total {time.perf_counter() - start:.1f} s")
-    assert exact >= 0.95, f"exact match {exact:.3f} < 0.95 after {STEPS} steps (loss {loss.item():.4f})"
+    assert exact >= MIN_EXACT, f"exact match {exact:.3f} < {MIN_EXACT} after {STEPS} steps (loss {loss.item():.4f})"
 
 
 # 400 steps without input feeding (the fused LSTM runs the decoder stack at once): 0.976 at 64 s under load
 # here; with input feeding (a Python step loop) 300 steps reached 0.962 in 86 s.
 STEPS = 400
+# Where one seed lands depends on rounding (the order of a GEMM's sums, the last bit of an activation): over
+# seeds 10-25 two builds that differ only there reached 0.952-0.986 and 0.918-0.988 (means 0.969 and 0.966,
+# 2026-12-05), so the bar sits below that spread; a model that has not learned the task scores near 0.
+MIN_EXACT = 0.9
 
 
 def test_loss_ignores_padding_and_matches_manual():

@@ -151,7 +151,7 @@ WeightGrads weight_grads(const at::Tensor& x, const at::Tensor& w_ih, const at::
   const auto none = [&] { return at::empty({0}, x.options()); };  // distinct tensors: outputs must not alias
   const at::Tensor dgi2 = dgi.view({T * B, GH});
   WeightGrads g;
-  g.dx = need_dx ? fast_linear(dgi2, w_ih.t().contiguous()).view({T, B, I}) : none();
+  g.dx = need_dx ? input_grad(dgi2, w_ih).view({T, B, I}) : none();
   if (!need_dw) {
     g.dw_ih = none(), g.dw_hh = none(), g.db_ih = none(), g.db_hh = none();
     return g;
@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   // b_hh stays out of the input projection: its n-part sits inside the reset product.
-  const at::Tensor gi = fast_linear(x.view({T * B, I}), w_ih, b_ih.has_value() ? std::optional<at::Tensor>(b_ih->contiguous()) : std::nullopt).view({T, B, 3 * H});
+  const at::Tensor gi = input_projection(x.view({T * B, I}), w_ih, b_ih.has_value() ? std::optional<at::Tensor>(b_ih->contiguous()) : std::nullopt).view({T, B, 3 * H});
   const std::optional<at::Tensor> bias_hh = b_hh.has_value() ? std::optional<at::Tensor>(b_hh->contiguous()) : std::nullopt;
   at::Tensor y = empty_buffer({T, B, H}, x.options());
   at::Tensor saved = save ? empty_buffer({T, B, 4 * H}, x.options()) : at::empty({0}, x.options());
@@ -264,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_layer_fwd(
   check_inputs("rnn_layer", 1, x_in, h0, w_ih_in, w_hh_in, b_ih, b_hh, lengths);
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
-  const at::Tensor gi = fast_linear(x.view({T * B, I}), w_ih, sum_of(b_ih, b_hh)).view({T, B, H});
+  const at::Tensor gi = input_projection(x.view({T * B, I}), w_ih, sum_of(b_ih, b_hh)).view({T, B, H});
   at::Tensor y = empty_buffer({T, B, H}, x.options());
   if (use_fused_recurrence()) {
     at::Tensor h_buf = empty_buffer({2, B, H}, x.options());
@@ -329,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> peephole_
   check_peephole(x_in, H, c0, w_c_in);
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor w_c = w_c_in.contiguous();
-  const at::Tensor gi = fast_linear(x.view({T * B, I}), w_ih, sum_of(b_ih, b_hh)).view({T, B, 4 * H});
+  const at::Tensor gi = input_projection(x.view({T * B, I}), w_ih, sum_of(b_ih, b_hh)).view({T, B, 4 * H});
   at::Tensor y = empty_buffer({T, B, H}, x.options());
   at::Tensor gates = save ? empty_buffer({T, B, 4 * H}, x.options()) : at::empty({0}, x.options());
   at::Tensor cells = save ? empty_buffer({T, B, H}, x.options()) : at::empty({0}, x.options());

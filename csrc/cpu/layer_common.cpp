@@ -65,6 +65,16 @@ StepWeight::StepWeight(const at::Tensor& w, int64_t rows, int64_t limit)
   });
 }
 
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias) {
+  if (!onednn_linear_available(x.scalar_type()) || x.size(0) == 0) return fast_linear(x, w_ih, bias);
+  constexpr int64_t kRowsHint = 1024;  // oneDNN's layout for this many rows (the same for 64..4096)
+  const at::Tensor packed =
+      cached_packing(w_ih, Packing::kOneDnnProjection, 0, [&] { return pack_weight(w_ih.contiguous(), kRowsHint); });
+  return fast_linear(x, packed, bias);
+}
+
+at::Tensor input_grad(const at::Tensor& dg, const at::Tensor& w_ih) { return at::mm(dg, w_ih); }
+
 at::Tensor step_gemm(const at::Tensor& rows, const StepWeight& w) {
   const int64_t B = rows.size(0);
   if (!w.small) return fast_linear(rows, w.packed);

@@ -118,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
 
   // gates[t] holds x_t·W_ihᵀ + b_ih + b_hh, then (after step t) the activated i, f, g, o.
-  at::Tensor gates = fast_linear(x.view({T * B, I}), w_ih, combined_bias(b_ih, b_hh)).view({T, B, 4 * H});
+  at::Tensor gates = input_projection(x.view({T * B, I}), w_ih, combined_bias(b_ih, b_hh)).view({T, B, 4 * H});
   at::Tensor y = empty_buffer({T, B, P}, x.options());
   at::Tensor cells = empty_buffer({T, B, H}, x.options());
   if (!w_hr.has_value() && use_fused_recurrence()) {
@@ -202,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
     for (int64_t done = 0; done < T; done += chunk) {
       const int64_t n = std::min(chunk, T - done);
       const int64_t t0 = reverse ? T - done - n : done;  // first time index of this chunk
-      at::Tensor gates = fast_linear(x.narrow(0, t0, n).view({n * B, I}), w_ih, bias);
+      at::Tensor gates = input_projection(x.narrow(0, t0, n).view({n * B, I}), w_ih, bias);
       fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
                                   y[t0].data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
                                   lengths_cpu.data(), n, B, H, reverse,
@@ -322,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else if (dgates_f32.defined()) {  // few rows: dX from the fp32 dG too (T1 B1: 5.8x nn.LSTM's error from bf16)
     dx = at::mm(dgates_f32.view({T * B, 4 * H}), w_ih_in.to(at::kFloat)).to(x.scalar_type()).view({T, B, I});
   } else {
-    dx = fast_linear(dg2, w_ih_in.t().contiguous()).view({T, B, I});
+    dx = input_grad(dg2, w_ih_in).view({T, B, I});
   }
   if (!need_dw) {  // frozen weights: skip the weight GEMMs, as cuDNN's backward does with its output mask
     const auto none = [&] { return at::empty({0}, x.options()); };  // distinct tensors: outputs must not alias
@@ -330,7 +330,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   // The weight gradients' operands: dG and x, y, h0 in the dtype they are summed in (x's, or fp32 above).
   const at::Tensor dgw = dgates_f32.defined() ? dgates_f32 : dgates;
-  const at::TensorOptions wopt = x.options().dtype(dgw.scalar_type());
   const at::Tensor xw = x.to(dgw.scalar_type()), yw = y.to(dgw.scalar_type()), h0w = h0.to(dgw.scalar_type());
   const at::Tensor dgw2 = dgw.view({T * B, 4 * H});
   // Padding steps have dG = 0, but whatever x holds there (NaN, inf) must not reach dW_ih as 0 * NaN.
@@ -344,12 +343,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // dW_hh = sum over steps of dG_t^T · h_{t-1}. For every step but each sequence's first, h_{t-1} is the
   // previous step's output y (y is 0 where the previous step was inactive, which only happens where the
   // step itself is a reverse sequence's first); the first steps take h0.
-  at::Tensor dw_hh = at::zeros({4 * H, P}, wopt);
-  if (T > 1) {
-    const at::Tensor dg_rest = reverse ? dgw.narrow(0, 0, T - 1) : dgw.narrow(0, 1, T - 1);
-    const at::Tensor y_prev = reverse ? yw.narrow(0, 1, T - 1) : yw.narrow(0, 0, T - 1);
-    dw_hh.addmm_(dg_rest.reshape({(T - 1) * B, 4 * H}).t(), y_prev.reshape({(T - 1) * B, P}));
-  }
   at::Tensor dg_first;
   if (!reverse) {
     dg_first = dgw[0];
@@ -361,7 +354,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                    .gather(1, first_t.view({B, 1, 1}).expand({B, 1, 4 * H}))
                    .view({B, 4 * H});
   }
-  dw_hh.addmm_(dg_first.t(), h0w.contiguous());
+  at::Tensor dw_hh = at::mm(dg_first.t(), h0w.contiguous());  // [4H, P]: a new tensor, no zero fill first
+  if (T > 1) {
+    const at::Tensor dg_rest = reverse ? dgw.narrow(0, 0, T - 1) : dgw.narrow(0, 1, T - 1);
+    const at::Tensor y_prev = reverse ? yw.narrow(0, 1, T - 1) : yw.narrow(0, 0, T - 1);
+    dw_hh.addmm_(dg_rest.reshape({(T - 1) * B, 4 * H}).t(), y_prev.reshape({(T - 1) * B, P}));
+  }
   at::Tensor db = dgw2.sum(0);
   at::Tensor dw_hr = proj ? at::mm(dr_all.view({T * B, P}).t(), h_raw.view({T * B, H})) : at::empty({0}, x.options());
   const at::ScalarType dt = x.scalar_type();  // fp32 sums (bf16 layers over few rows) rounded once, here

@@ -24,6 +24,7 @@ enum class Packing : int64_t {
   kOneDnn = 5,         // StepWeight: oneDNN's layout for `rows` rows
   kBf16GatePanels = 6,  // native bf16 LSTM forward: W_hh in K-pair gate panels (lstm_bf16_kernels.h)
   kBf16BwdPanels = 7,   // native bf16 LSTM backward: W_hhᵀ in K-pair panels
+  kOneDnnProjection = 8,  // input_projection: W_ih in oneDNN's layout (for any number of rows)
 };
 
 // pack() for w, or the tensor an earlier call with the same w (address, shape, strides, dtype, bytes), tag and

@@ -25,7 +25,7 @@ from torch import Tensor
 from fused_s2s.ops import cells_triton  # noqa: F401  (registers the fused_s2s::triton_gru/rnn_* ops)
 from fused_s2s.ops import lstm as _lstm_ops
 from fused_s2s.ops.cells_triton import bwd_fake_outputs, gru_fwd_fake_outputs, rnn_fwd_fake_outputs
-from fused_s2s.ops.lstm import _C_ERROR, BACKENDS, resolve_backend, triton_unavailable_reason
+from fused_s2s.ops.lstm import _C_ERROR, BACKENDS, resolve_backend, triton_unavailable_reason, zeros_if_none
 from fused_s2s.reference import cells as _reference
 
 __all__ = ["gru_layer", "rnn_layer", "resolve_cell_backend", "NO_CUDA_CELLS"]
@@ -130,6 +130,7 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     if saved is not None:
         ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the saved tensor (zeros_if_none)
 
 
 def _grads(ctx, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, need_dw):
@@ -143,6 +144,7 @@ def _gru_backward(bwd_op):
     """The backward of a GRU forward op whose gradients `bwd_op` (gru_layer_bwd's schema) computes."""
     def backward(ctx, dy, dh_n, _dsaved):
         x, h0, w_ih, w_hh, lengths, y, saved = ctx.saved_tensors
+        dy, dh_n = zeros_if_none(dy, y), zeros_if_none(dh_n, h0)
         need_dx, need_dw = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:6])
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = bwd_op(dy, dh_n, x, h0, w_ih, w_hh, lengths, ctx.reverse, y, saved,
                                                      need_dx, need_dw)
@@ -154,6 +156,7 @@ def _rnn_backward(bwd_op):
     """The backward of an RNN forward op whose gradients `bwd_op` (rnn_layer_bwd's schema) computes."""
     def backward(ctx, dy, dh_n):
         x, h0, w_ih, w_hh, lengths, y, _ = ctx.saved_tensors
+        dy, dh_n = zeros_if_none(dy, y), zeros_if_none(dh_n, h0)
         need_dx, need_dw = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:6])
         dx, dh0, dw_ih, dw_hh, db = bwd_op(dy, dh_n, x, h0, w_ih, w_hh, lengths, ctx.reverse, y, ctx.last, need_dx,
                                            need_dw)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from fused_s2s.ops import lstm as _lstm_ops
 from fused_s2s.ops import lstm_triton  # noqa: F401  (registers the fused_s2s::triton_peephole_lstm_* ops)
-from fused_s2s.ops.lstm import _C_ERROR, BACKENDS, resolve_backend, triton_unavailable_reason
+from fused_s2s.ops.lstm import _C_ERROR, BACKENDS, resolve_backend, triton_unavailable_reason, zeros_if_none
 from fused_s2s.reference import lstm as _reference
 
 __all__ = ["peephole_lstm_layer"]
@@ -86,11 +86,13 @@ def _setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.mark_non_differentiable(gates, cells)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for gates and cells (zeros_if_none)
 
 
 def _backward_with(bwd_op):
     def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
         x, h0, c0, w_ih, w_hh, w_c, lengths, y, gates, cells = ctx.saved_tensors
+        dy, dh_n, dc_n = zeros_if_none(dy, y), zeros_if_none(dh_n, h0), zeros_if_none(dc_n, c0)
         need_dx, need_dw = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:8])
         dx, dh0, dc0, dw_ih, dw_hh, db, dw_c = bwd_op(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_c, lengths, ctx.reverse,
                                                        y, gates, cells, need_dx, need_dw)
