@@ -92,10 +92,11 @@ ODD_SIZES = [
     dict(B=17, E=13, H=33, M=19, S=23, L=2, A=7, bias=True),
     dict(B=64, E=16, H=40, M=24, S=50, L=1, A=16, bias=True),
     # weights large enough for the kernels of a real step (csrc/cpu/decoder_step.cpp, step_linear):
-    # B4 the multi-threaded rowwise GEMV (row and column tails), B9 oneDNN's packed GEMM for layer 0 and
-    # the attention rows split over threads (S 200)
+    # B4 the multi-threaded rowwise GEMV (row and column tails), B9 small_gemm's cached panels for layer 0
+    # (and the attention rows split over threads, S 200), B40 oneDNN's packed GEMM
     dict(B=4, E=200, H=157, M=160, S=37, L=1, A=64, bias=True),
     dict(B=9, E=200, H=157, M=160, S=200, L=2, A=64, bias=True),
+    dict(B=40, E=200, H=157, M=160, S=20, L=1, A=64, bias=True),
 ]
 
 
@@ -143,10 +144,11 @@ def test_auto_is_cpu_and_reference_backend():
     assert_step_matches_reference((x, feed, h, c, weights, memory, lens), "reference")
 
 
-@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("B", [1, 8, 40])
 def test_weight_update_in_place_is_seen(B):
-    """The C++ op caches oneDNN-packed weights keyed on the weight's version: an in-place update must repack."""
-    case = make_step_case(B=B, E=8, H=16, M=16, L=2)
+    """The C++ op caches packed weights (small_gemm's panels at B8, oneDNN's layout at B40) keyed on the
+    weight's version: an in-place update must repack. Layer 0's weight is large enough for those paths."""
+    case = make_step_case(B=B, E=200, H=157, M=160, S=20, L=2)
     with torch.no_grad():
         assert_step_matches_reference(case, "cpu")
         w = case[4]

@@ -1,7 +1,7 @@
 // The fused decoder step on CPU: every sub-step in C++, no Python in between. The GEMMs (one per layer
 // over [input; h] against the pre-concatenated [w_ih | w_hh], and the combine) go through step_linear: a
-// matrix-vector kernel that streams the weight once for up to 4 rows, oneDNN with the weight packed once
-// above that. The cell (lstm_kernels.h), the attention and that kernel (decoder_kernels.h) are vectorised
+// matrix-vector kernel that streams the weight once for up to 4 rows, small_gemm's panels up to 32 rows and
+// oneDNN above that, each with the weight packed once and cached. The cell (lstm_kernels.h), the attention and that kernel (decoder_kernels.h) are vectorised
 // and compiled per CPU capability.
 #include "decoder_step.h"
 
@@ -16,13 +16,14 @@
 namespace fused_s2s::cpu {
 namespace {
 
-// w in oneDNN's blocked layout for `rows`-row inputs, packed once and then reused: a decoder calls the step
-// with the same weights every step, and unpacked weights get reordered by oneDNN on every call (at H512 that
-// reorder costs more than the GEMM at B8). The cache holds the packed copy only (the weight itself is held
-// weakly), is keyed on (weight, version counter, rows), so an in-place update of the weight repacks it, and
-// keeps the 16 most recent entries.
-at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
-  if (!onednn_linear_available(w.scalar_type())) return w;
+// w packed once and then reused: a decoder calls the step with the same weights every step, and unpacked
+// weights get reordered by oneDNN on every call (at H512 that reorder costs more than the GEMM at B8). The
+// cache holds the packed copy only (the weight itself is held weakly), is keyed on (weight, version counter,
+// rows), so an in-place update of the weight repacks it, and keeps the 16 most recent entries. (Not the
+// layers' weight_cache.h: its byte-for-byte check reads the whole weight, which here would double a step's
+// memory traffic.)
+template <typename PackFn>
+at::Tensor cached_weight(const at::Tensor& w, int64_t rows, const PackFn& pack) {
   struct Entry {
     c10::weak_intrusive_ptr<c10::TensorImpl> weight;
     uint32_t version;
@@ -40,10 +41,29 @@ at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
       return cache[0].packed;
     }
   }
-  at::Tensor packed = pack_weight(w.contiguous(), rows);
+  at::Tensor packed = pack();
   cache.insert(cache.begin(), Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version, rows, packed});
   if (cache.size() > 16) cache.pop_back();
   return packed;
+}
+
+// w in oneDNN's blocked layout for `rows`-row inputs.
+at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
+  if (!onednn_linear_available(w.scalar_type())) return w;
+  return cached_weight(w, rows, [&] { return pack_weight(w.contiguous(), rows); });
+}
+
+// w in small_gemm's panels (lstm_kernels.h), under the key rows = 0 (oneDNN packings have more rows).
+at::Tensor panel_weight(const at::Tensor& w) {
+  return cached_weight(w, 0, [&] {
+    at::Tensor p;
+    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decoder_step_panel_pack", [&] {
+      const int64_t width = small_gemm_panel_width<scalar_t>(), N = w.size(0), K = w.size(1);
+      p = at::empty({(N + width - 1) / width, K, width}, w.options());
+      small_gemm_pack<scalar_t>({w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), p.data_ptr<scalar_t>(), N, K});
+    });
+    return p;
+  });
 }
 
 // One step's GEMM. Up to kMaxRowwiseBatch rows it is bound by reading w, and rowwise_linear streams the
@@ -55,6 +75,11 @@ at::Tensor packed_weight(const at::Tensor& w, int64_t rows) {
 //   [2048, 1536]  B1 212 / 103    B8 694 / 242
 // and a whole H512 B1 step: 165 us with rowwise_linear, 245 us with oneDNN.
 // (with tanh_out: tanh of it, in the same pass on the rowwise path)
+// From kMaxRowwiseBatch + 1 to this many rows, small_gemm's panels (packed once, cached) instead of oneDNN: one
+// pass over the weight with the rows in registers. Measured here (H512 E512 S50 general, fp32, per step):
+// B5 520 -> 436-484 us, B8 620 -> 545-594 us, B16 805 -> 796, B32 1285 -> 1256, B64 equal.
+constexpr int64_t kMaxPanelBatch = 32;
+
 at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                        bool tanh_out = false) {
   const int64_t B = x.size(0);
@@ -70,7 +95,22 @@ at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
     return out;
   }
   constexpr int64_t kMinOneDnnWeight = 1 << 18;
-  at::Tensor out = w.numel() < kMinOneDnnWeight ? at::linear(x, w, bias) : fast_linear(x, packed_weight(w, B), bias);
+  if (w.numel() < kMinOneDnnWeight) {
+    at::Tensor out = at::linear(x, w, bias);
+    return tanh_out ? out.tanh_() : out;
+  }
+  at::Tensor out;
+  if (B <= kMaxPanelBatch) {
+    const at::Tensor xc = x.contiguous(), panels = panel_weight(w);
+    out = at::empty({B, w.size(0)}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "decoder_step_small_gemm", [&] {
+      small_gemm<scalar_t>({xc.data_ptr<scalar_t>(), panels.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B,
+                            w.size(0), w.size(1)});
+    });
+    if (bias) out.add_(*bias);
+  } else {
+    out = fast_linear(x, packed_weight(w, B), bias);
+  }
   return tanh_out ? out.tanh_() : out;
 }
 
