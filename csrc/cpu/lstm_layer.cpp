@@ -26,17 +26,29 @@
 namespace fused_s2s::cpu {
 namespace {
 
-// W_hh [4H, H] packed into gate-interleaved panels for fused_recurrence (reused across calls: weight_cache.h).
+// W_hh [4H, H] or W_ih [4H, I] packed into gate-interleaved panels for fused_recurrence (reused across calls:
+// weight_cache.h).
 template <typename scalar_t>
-at::Tensor gate_panels(const at::Tensor& w_hh) {
-  return cached_packing(w_hh, Packing::kGatePanels, 0, [&] {
-    const int64_t H = w_hh.size(1);
+at::Tensor gate_panels(const at::Tensor& w) {
+  return cached_packing(w, Packing::kGatePanels, 0, [&] {
+    const int64_t H = w.size(0) / 4, K = w.size(1);
     const int64_t width = small_gemm_panel_width<scalar_t>(), units = width / 4;
-    at::Tensor panels = empty_buffer({(H + units - 1) / units, H, width}, w_hh.options());
+    at::Tensor panels = empty_buffer({(H + units - 1) / units, K, width}, w.options());
     small_gemm_pack<scalar_t>(
-        {w_hh.data_ptr<scalar_t>(), w_hh.stride(0), w_hh.stride(1), panels.data_ptr<scalar_t>(), 4 * H, H, H});
+        {w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), panels.data_ptr<scalar_t>(), 4 * H, K, H});
     return panels;
   });
+}
+
+// Whether the fused recurrence also computes the input projection (FusedRecurrenceArgs::x): on unless
+// FUSED_S2S_FUSED_PROJECTION=0, which restores the oneDNN projection ahead of the recurrence (for A/B runs
+// and its tests); never for I = 0, where there is nothing to project.
+bool fused_projection(int64_t I) {
+  static const bool on = [] {
+    const char* env = std::getenv("FUSED_S2S_FUSED_PROJECTION");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on && I > 0;
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
@@ -117,23 +129,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
   const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
 
-  // gates[t] holds x_t·W_ihᵀ + b_ih + b_hh, then (after step t) the activated i, f, g, o.
-  at::Tensor gates = input_projection(x.view({T * B, I}), w_ih, combined_bias(b_ih, b_hh)).view({T, B, 4 * H});
   at::Tensor y = empty_buffer({T, B, P}, x.options());
   at::Tensor cells = empty_buffer({T, B, H}, x.options());
+  const std::optional<at::Tensor> bias = combined_bias(b_ih, b_hh);
   if (!w_hr.has_value() && use_fused_recurrence()) {
+    const bool project = fused_projection(I);
+    // gates: the activated i, f, g, o of every step; without `project` it first holds x_t·W_ihᵀ + biases
+    at::Tensor gates = project ? empty_buffer({T, B, 4 * H}, x.options())
+                               : input_projection(x.view({T * B, I}), w_ih, bias).view({T, B, 4 * H});
     at::Tensor h_buf = empty_buffer({2, B, H}, x.options());
     h_buf[0].copy_(h0);
     at::Tensor c_state = c0.contiguous().clone();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_fwd", [&] {
       const at::Tensor panels = gate_panels<scalar_t>(w_hh);
+      const at::Tensor ih_panels = project ? gate_panels<scalar_t>(w_ih) : at::Tensor();
       const CpuLengths lengths_cpu(lengths);
       fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
                                   y.data_ptr<scalar_t>(), h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(),
-                                  lengths_cpu.data(), T, B, H, reverse});
+                                  lengths_cpu.data(), T, B, H, reverse, 0,
+                                  project ? x.data_ptr<scalar_t>() : nullptr,
+                                  project ? ih_panels.data_ptr<scalar_t>() : nullptr,
+                                  project && bias ? bias->data_ptr<scalar_t>() : nullptr, I});
     });
     return {y, h_buf[T % 2].clone(), c_state, gates, cells};
   }
+  // gates[t] holds x_t·W_ihᵀ + b_ih + b_hh, then (after step t) the activated i, f, g, o.
+  at::Tensor gates = input_projection(x.view({T * B, I}), w_ih, bias).view({T, B, 4 * H});
   at::Tensor h_state = h0.contiguous().clone();
   at::Tensor c_state = c0.contiguous().clone();
   at::Tensor h_raw = w_hr.has_value() ? empty_buffer({B, H}, x.options()) : h_state;
@@ -186,17 +207,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_infer(
   }
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_ih.size(0) / 4;
-  // Nothing is saved for backward, so the input projection is computed a chunk of steps at a time into
-  // one small buffer (about 512 rows: still an efficient GEMM, and it stays in cache for the recurrence)
-  // instead of a [T, B, 4H] tensor whose fresh pages cost more than the GEMM gains.
-  const int64_t chunk = std::min(T, std::max<int64_t>(2, (512 / std::max<int64_t>(B, 1) + 1) / 2 * 2));
   const std::optional<at::Tensor> bias = combined_bias(b_ih, b_hh);
   at::Tensor y = empty_buffer({T, B, H}, x.options());
-  at::Tensor cells = empty_buffer({chunk, B, H}, x.options());  // written by the kernel, not kept
   at::Tensor h_buf = empty_buffer({2, B, H}, x.options());
   h_buf[0].copy_(h0);
   at::Tensor c_state = c0.contiguous().clone();
   const CpuLengths lengths_cpu(lengths);
+  if (fused_projection(I)) {  // the projection inside the recurrence; nothing saved
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_infer", [&] {
+      const at::Tensor panels = gate_panels<scalar_t>(w_hh), ih_panels = gate_panels<scalar_t>(w_ih);
+      fused_recurrence<scalar_t>({panels.data_ptr<scalar_t>(), nullptr, nullptr, y.data_ptr<scalar_t>(),
+                                  h_buf.data_ptr<scalar_t>(), c_state.data_ptr<scalar_t>(), lengths_cpu.data(), T, B,
+                                  H, reverse, 0, x.data_ptr<scalar_t>(), ih_panels.data_ptr<scalar_t>(),
+                                  bias ? bias->data_ptr<scalar_t>() : nullptr, I});
+    });
+    return {y, h_buf[T % 2].clone(), c_state};
+  }
+  // Nothing is saved for backward, so the input projection is computed a chunk of steps at a time into
+  // one small buffer (about 512 rows: still an efficient GEMM, and it stays in cache for the recurrence)
+  // instead of a [T, B, 4H] tensor whose fresh pages cost more than the GEMM gains.
+  const int64_t chunk = std::min(T, std::max<int64_t>(2, (512 / std::max<int64_t>(B, 1) + 1) / 2 * 2));
+  at::Tensor cells = empty_buffer({chunk, B, H}, x.options());  // written by the kernel, not kept
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_s2s_lstm_infer", [&] {
     const at::Tensor panels = gate_panels<scalar_t>(w_hh);
     for (int64_t done = 0; done < T; done += chunk) {

@@ -27,6 +27,36 @@ using recurrence::scratch;
 
 // ---- forward ----
 
+// The input projection of this thread's panels [p0, p1) for the chunk of steps that starts at step s0:
+// rows x[t] of every step in it against each panel of W_ih, into proj[(p - p0)][row][W] with row = (t - t_lo)·B
+// + b (t_lo the chunk's lowest time index: its steps are contiguous in x in either direction). The chunk is
+// sized so the buffer stays well inside L2 next to the thread's W_hh and W_ih panels.
+template <typename scalar_t>
+struct ProjectedChunk {
+  const scalar_t* proj = nullptr;
+  int64_t s0 = 0, steps = 0, t_lo = 0;
+};
+
+template <typename scalar_t>
+int64_t projection_chunk_steps(const FusedRecurrenceArgs<scalar_t>& a, int64_t own_panels) {
+  constexpr int64_t kBufferBytes = 512 << 10;
+  const int64_t per_step = std::max<int64_t>(1, own_panels * a.B * panel_width<scalar_t>() * int64_t(sizeof(scalar_t)));
+  return std::clamp<int64_t>(kBufferBytes / per_step, 1, a.T);
+}
+
+template <typename scalar_t>
+void project_chunk(const FusedRecurrenceArgs<scalar_t>& a, int64_t s0, int64_t p0, int64_t p1,
+                   ProjectedChunk<scalar_t>& chunk) {
+  constexpr int64_t W = panel_width<scalar_t>();
+  const int64_t n = std::min(projection_chunk_steps(a, p1 - p0), a.T - s0);
+  const int64_t t_lo = a.reverse ? a.T - s0 - n : s0;
+  scalar_t* proj = scratch<scalar_t, 2>((p1 - p0) * n * a.B * W);
+  for (int64_t p = p0; p < p1; ++p)
+    panel_product<scalar_t, kColVecs>(a.x + t_lo * a.B * a.I, a.I, n * a.B, a.ih_panels + p * a.I * W, a.I,
+                                      proj + (p - p0) * n * a.B * W);
+  chunk = {proj, s0, n, t_lo};
+}
+
 // Step s (time t) for panels [p0, p1): each panel is V units × 4 gates.
 template <typename scalar_t>
 void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p0, int64_t p1) {
@@ -37,36 +67,47 @@ void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p
   const scalar_t* h_prev = a.h_buf + (s % 2) * B * H;
   scalar_t* h_next = a.h_buf + ((s + 1) % 2) * B * H;
   scalar_t* acc = scratch<scalar_t>(B * W);
+  // This thread's projection chunk: the thread keeps the same panels at every step of the call, so the
+  // chunk made at its first step serves the next ones (each thread chunks on its own, no barrier needed).
+  thread_local ProjectedChunk<scalar_t> chunk;
+  if (a.x != nullptr && (s == 0 || s >= chunk.s0 + chunk.steps)) project_chunk(a, s, p0, p1, chunk);
   // Row b is running at t while t + t_offset < lengths[b]: RunningRows takes t + t_offset.
   const RunningRows<scalar_t> running(h_prev, B, H, a.lengths, t + a.t_offset);
   for (int64_t p = p0; p < p1; ++p) {
     panel_product<scalar_t, kColVecs>(running.x, H, running.n, a.panels + p * H * W, H, acc);
     const int64_t j = p * V;                                         // first unit of the panel
     const int cnt = static_cast<int>(std::min<int64_t>(V, H - j));  // units of the panel inside H
+    // the projection of (t, b) for this panel, [W] gate-interleaved, and the panel's biases
+    const scalar_t* proj =
+        a.x != nullptr ? chunk.proj + ((p - p0) * chunk.steps + (t - chunk.t_lo)) * B * W : nullptr;
+    Vec bias[4];
+    for (int g = 0; g < 4; ++g) bias[g] = a.bias != nullptr ? Vec::loadu(a.bias + g * H + j, cnt) : Vec(scalar_t(0));
     for (int64_t b = 0, row = 0; b < B; ++b) {
       scalar_t* c_state = a.c_state + b * H + j;
-      scalar_t* c_saved = a.cells + (t * B + b) * H + j;
       scalar_t* y = a.y + (t * B + b) * H + j;
       if (a.lengths != nullptr && t + a.t_offset >= a.lengths[b]) {  // past the end: freeze, output zero
-        std::memcpy(c_saved, c_state, cnt * sizeof(scalar_t));
+        if (a.cells != nullptr) std::memcpy(a.cells + (t * B + b) * H + j, c_state, cnt * sizeof(scalar_t));
         std::memcpy(h_next + b * H + j, h_prev + b * H + j, cnt * sizeof(scalar_t));
         std::fill(y, y + cnt, scalar_t(0));
         continue;
       }
-      scalar_t* gi = a.gates + (t * B + b) * 4 * H + j;
+      scalar_t* gi = a.gates != nullptr ? a.gates + (t * B + b) * 4 * H + j : nullptr;
       const scalar_t* ab = acc + row++ * W;  // running rows come in batch order
-      const Vec ai = Vec::loadu(ab) + Vec::loadu(gi, cnt);
-      const Vec af = Vec::loadu(ab + V) + Vec::loadu(gi + H, cnt);
-      const Vec ag = Vec::loadu(ab + 2 * V) + Vec::loadu(gi + 2 * H, cnt);
-      const Vec ao = Vec::loadu(ab + 3 * V) + Vec::loadu(gi + 3 * H, cnt);
+      Vec pre[4];
+      for (int g = 0; g < 4; ++g)
+        pre[g] = Vec::loadu(ab + g * V) +
+                 (proj != nullptr ? Vec::loadu(proj + b * W + g * V) + bias[g] : Vec::loadu(gi + g * H, cnt));
       Vec i, f, g, o, c, h;
-      lstm_cell_forward<Vec, VecMath<scalar_t>>(ai, af, ag, ao, Vec::loadu(c_state, cnt), i, f, g, o, c, h);
-      i.store(gi, cnt);
-      f.store(gi + H, cnt);
-      g.store(gi + 2 * H, cnt);
-      o.store(gi + 3 * H, cnt);
+      lstm_cell_forward<Vec, VecMath<scalar_t>>(pre[0], pre[1], pre[2], pre[3], Vec::loadu(c_state, cnt), i, f, g,
+                                                o, c, h);
+      if (gi != nullptr) {
+        i.store(gi, cnt);
+        f.store(gi + H, cnt);
+        g.store(gi + 2 * H, cnt);
+        o.store(gi + 3 * H, cnt);
+      }
       c.store(c_state, cnt);
-      c.store(c_saved, cnt);
+      if (a.cells != nullptr) c.store(a.cells + (t * B + b) * H + j, cnt);
       h.store(h_next + b * H + j, cnt);
       h.store(y, cnt);
     }
