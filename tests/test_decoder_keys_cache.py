@@ -1,6 +1,7 @@
 """FusedDecoder.step without keys=: the attention keys are computed once per memory tensor and reused while
 the same tensor comes back unmodified under the same weights; results equal precomputed keys exactly. General
-attention instead projects the query each step and scores it against memory itself (no keys, no cache)."""
+attention does so over at most 64 source rows (B·S); over more it projects the query each step and scores it
+against memory itself (no keys, no cache)."""
 import copy
 import importlib
 import io
@@ -42,7 +43,7 @@ def decode(dec, xs, memory, lengths, keys=None, state=None):
     return outs, state
 
 
-@pytest.mark.parametrize("kind", ["dot", "additive", "scaled_dot"])
+@pytest.mark.parametrize("kind", ["dot", "additive", "scaled_dot", "general"])  # general: B·S = 15 rows
 def test_without_keys_equals_precomputed_and_computes_once(kind, counted):
     dec = FusedDecoder(E, H, H, num_layers=2, attention=kind).eval()
     xs, memory = torch.randn(4, B, E), torch.randn(B, S, H)
@@ -59,11 +60,13 @@ def test_without_keys_equals_precomputed_and_computes_once(kind, counted):
 
 
 def test_general_without_keys_projects_the_query(counted):
-    """No keys to compute: each step asks for the projected-query form (cheap, no GEMM over the source) and
-    nothing is cached; the results equal the precomputed keys' to fp32 rounding (another summation order)."""
+    """Over more than 64 source rows (B·S = 3·30): each step asks for the projected-query form (no GEMM over
+    the source) and nothing is cached; the results equal the precomputed keys' to fp32 rounding (another
+    summation order)."""
     dec = FusedDecoder(E, H, H, num_layers=2, attention="general").eval()
-    xs, memory = torch.randn(4, B, E), torch.randn(B, S, H)
-    lengths = torch.tensor([S, 2, 4])
+    S_long = 30
+    xs, memory = torch.randn(4, B, E), torch.randn(B, S_long, H)
+    lengths = torch.tensor([S_long, 2, 4])
     with torch.no_grad():
         keys = dec.precompute_keys(memory)
     counted.clear()

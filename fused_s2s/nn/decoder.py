@@ -38,6 +38,13 @@ ATTENTION_KINDS = ("dot", "scaled_dot", "general", "additive")
 CELLS = ("lstm", "gru")
 
 
+# General attention without keys=: up to this many source rows (B·S) the keys W·m_s are computed once per
+# memory and cached, since that costs about what a few steps of projecting the query cost (each reads all of
+# W; at B1 S50 H512 on the 2-core VM ~25 us a step against ~0.1 ms for the keys once); above it the keys'
+# GEMM over the source costs tens of steps' worth, and each step projects the query instead.
+_GENERAL_KEYS_CACHED_ROWS = 64
+
+
 @dataclass
 class DecoderState:
     """Decoder state along a batch: h, c [L, B, H] (c None for a GRU decoder) and the input feed h̃_{t-1} [B, H]
@@ -219,13 +226,14 @@ class FusedDecoder(nn.Module):
         so a decoding loop that never calls precompute_keys still computes them once per source. Call after
         _fused_weights(), whose key names the weights' versions. A reordered or copied memory (a beam search
         that index_selects memory every step) is a new tensor and gets new keys."""
-        if self.attention == "general":
+        general = self.attention == "general"
+        if general and memory.shape[0] * memory.shape[1] > _GENERAL_KEYS_CACHED_ROWS:
             # The projected query against memory itself: no keys to compute or cache (see AttentionKeys).
             return attention_keys(self.attention, self.attn.params(), memory, project_query=True)
         if torch.compiler.is_compiling() or memory.is_inference():
             # A traced graph keeps no cache, and an inference tensor has no version counter to tell an in-place
-            # change: the op computes the keys, every step.
-            return None
+            # change: the op computes the keys (general: projects the query), every step.
+            return attention_keys(self.attention, self.attn.params(), memory, project_query=True) if general else None
         weights = self._prepared[0] if self._prepared is not None else None
         cached = self._keys_cache.entry
         if cached is not None and cached[0]() is memory and cached[1] == memory._version and cached[2] == weights:
