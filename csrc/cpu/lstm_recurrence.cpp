@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fused_s2s/lstm_cell.h"
@@ -57,6 +58,24 @@ void project_chunk(const FusedRecurrenceArgs<scalar_t>& a, int64_t s0, int64_t p
   chunk = {proj, s0, n, t_lo};
 }
 
+// A value saved for backward and not read again in this pass (the activated gates, the cells): a full,
+// 64-byte-aligned vector is stored around the caches (a non-temporal store), so the [T, B, 4H] stream of
+// saved gates does not evict this thread's weight panels and projection buffer from its L2 (training
+// forward, T50 H256 B64: 15.5 -> 13.9 ms; B16 4.0 -> 3.6 ms; H512 B16 15.7 -> 14.6-15.0 ms).
+template <typename Vec, typename scalar_t>
+void store_saved(const Vec& v, scalar_t* p, int cnt) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (cnt == Vec::size() && reinterpret_cast<uintptr_t>(p) % 64 == 0) {
+    if constexpr (std::is_same_v<scalar_t, float>)
+      _mm512_stream_ps(p, __m512(v));
+    else
+      _mm512_stream_pd(p, __m512d(v));
+    return;
+  }
+#endif
+  v.store(p, cnt);
+}
+
 // Step s (time t) for panels [p0, p1): each panel is V units × 4 gates.
 template <typename scalar_t>
 void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p0, int64_t p1) {
@@ -100,18 +119,26 @@ void panels_of_step(const FusedRecurrenceArgs<scalar_t>& a, int64_t s, int64_t p
       Vec i, f, g, o, c, h;
       lstm_cell_forward<Vec, VecMath<scalar_t>>(pre[0], pre[1], pre[2], pre[3], Vec::loadu(c_state, cnt), i, f, g,
                                                 o, c, h);
-      if (gi != nullptr) {
+      if (gi != nullptr && proj != nullptr) {  // gates is output only: nothing here reads it again
+        store_saved(i, gi, cnt);
+        store_saved(f, gi + H, cnt);
+        store_saved(g, gi + 2 * H, cnt);
+        store_saved(o, gi + 3 * H, cnt);
+      } else if (gi != nullptr) {
         i.store(gi, cnt);
         f.store(gi + H, cnt);
         g.store(gi + 2 * H, cnt);
         o.store(gi + 3 * H, cnt);
       }
       c.store(c_state, cnt);
-      if (a.cells != nullptr) c.store(a.cells + (t * B + b) * H + j, cnt);
+      if (a.cells != nullptr) store_saved(c, a.cells + (t * B + b) * H + j, cnt);
       h.store(h_next + b * H + j, cnt);
       h.store(y, cnt);
     }
   }
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm_sfence();  // the non-temporal stores above are ordered before the step's barrier, like the others
+#endif
 }
 
 template <typename scalar_t>
