@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "decoder_kernels.h"
+#include "decoder_step_checks.h"
 #include "gemm.h"
 #include "lstm_kernels.h"
 
@@ -114,10 +115,6 @@ at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   return tanh_out ? out.tanh_() : out;
 }
 
-void check_2d(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "decoder_step: expected ", name, " of size [",
-              rows, ", ", cols, "], got ", t.sizes());
-}
 
 }  // namespace
 
@@ -127,17 +124,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
     const at::Tensor& keys, double scale, const std::optional<at::Tensor>& w_query,
     const std::optional<at::Tensor>& b_query, const std::optional<at::Tensor>& v, const at::Tensor& memory,
     const std::optional<at::Tensor>& lengths, const at::Tensor& w_out, const std::optional<at::Tensor>& b_out) {
-  TORCH_CHECK(h.dim() == 3 && c.sizes() == h.sizes(), "decoder_step: expected h and c of the same size [L, B, H], got ",
-              h.sizes(), " and ", c.sizes());
-  const int64_t L = h.size(0), B = h.size(1), H = h.size(2);
-  TORCH_CHECK(L >= 1, "decoder_step: needs at least one layer");
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == B, "decoder_step: expected x of size [", B, ", E], got ", x.sizes());
-  TORCH_CHECK(memory.dim() == 3 && memory.size(0) == B, "decoder_step: expected memory of size [", B,
-              ", S, M], got ", memory.sizes());
-  const int64_t S = memory.size(1), M = memory.size(2);
-  TORCH_CHECK(S >= 1, "decoder_step: memory must have at least one source position");
-  TORCH_CHECK(static_cast<int64_t>(w_cat.size()) == L && static_cast<int64_t>(b_cat.size()) == L,
-              "decoder_step: expected ", L, " layer weights and biases, got ", w_cat.size(), " and ", b_cat.size());
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "decoder_step: CPU kernel supports float32 and float64, got ",
               dtype);
@@ -146,43 +132,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
                 t.scalar_type());
     TORCH_CHECK(t.device().is_cpu(), "decoder_step: ", name, " must be a CPU tensor, got ", t.device());
   };
-  for (auto& [t, n] : {std::pair<const at::Tensor&, const char*>{h, "h"}, {c, "c"}, {memory, "memory"},
-                       {keys, "keys"}, {w_out, "w_out"}, {x, "x"}})
-    same(t, n);
-  if (feed) {
-    same(*feed, "feed");
-    check_2d(*feed, "feed", B, H);
-  }
-  TORCH_CHECK(keys.dim() == 3 && keys.size(0) == B && keys.size(1) == S, "decoder_step: expected keys of size [", B,
-              ", ", S, ", K], got ", keys.sizes());
-  const bool additive = score == "additive";
-  TORCH_CHECK(additive || score == "dot", "decoder_step: score must be 'dot' or 'additive', got '", score, "'");
-  if (additive) {
-    TORCH_CHECK(w_query && v, "decoder_step: additive scores need w_query and v");
-    same(*w_query, "w_query");
-    same(*v, "v");
-    const int64_t A = keys.size(2);
-    check_2d(*w_query, "w_query", A, H);
-    TORCH_CHECK(v->dim() == 1 && v->size(0) == A, "decoder_step: expected v of size [", A, "], got ", v->sizes());
-    if (b_query) {
-      same(*b_query, "b_query");
-      TORCH_CHECK(b_query->dim() == 1 && b_query->size(0) == A, "decoder_step: expected b_query of size [", A,
-                  "], got ", b_query->sizes());
-    }
-  } else if (w_query) {
-    // general attention scored as (W h)·m_s: keys is memory itself and w_query = W [M, H] projects the query
-    same(*w_query, "w_query");
-    check_2d(*w_query, "w_query", keys.size(2), H);
-  } else {
-    TORCH_CHECK(keys.size(2) == H, "decoder_step: dot scores need keys of size [", B, ", ", S, ", ", H, "], got ",
-                keys.sizes());
-  }
-  check_2d(w_out, "w_out", H, M + H);
-  if (b_out) {
-    same(*b_out, "b_out");
-    TORCH_CHECK(b_out->dim() == 1 && b_out->size(0) == H, "decoder_step: expected b_out of size [", H, "], got ",
-                b_out->sizes());
-  }
+  const DecoderStepSizes sizes =
+      check_decoder_step(x, feed, h, c, w_cat, b_cat, score, keys, w_query, b_query, v, memory, w_out, b_out, same);
+  const int64_t L = sizes.L, B = sizes.B, H = sizes.H, S = sizes.S, M = sizes.M, K = sizes.K;
+  const bool additive = sizes.additive;
   at::Tensor len;
   if (lengths) {
     TORCH_CHECK(lengths->device().is_cpu(), "decoder_step: memory_lengths must be on the CPU like memory, got ",
@@ -192,11 +145,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
     TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "decoder_step: expected memory_lengths of size [", B,
                 "], got ", lengths->sizes());
     len = lengths->to(at::kLong).contiguous();
-    if (B > 0) {
-      auto [lo, hi] = at::aminmax(len);
-      TORCH_CHECK(lo.item<int64_t>() >= 1 && hi.item<int64_t>() <= S,
-                  "decoder_step: every memory length must be in [1, ", S, "], got ", len);
-    }
+    // B values on the CPU, read in place: every step checks them (a reduction op and two .item() cost more)
+    const int64_t* l = len.data_ptr<int64_t>();
+    TORCH_CHECK(std::all_of(l, l + B, [&](int64_t n) { return n >= 1 && n <= S; }),
+                "decoder_step: every memory length must be in [1, ", S, "], got ", len);
   }
 
   auto h_new = at::empty({L, B, H}, x.options());
@@ -206,17 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
   at::Tensor inp = x;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& w = w_cat[l];
-    same(w, "w_cat");
-    const int64_t in = inp.size(1) + (l == 0 && feed ? H : 0);
-    TORCH_CHECK(w.dim() == 2 && w.size(0) == 4 * H && w.size(1) == in + H, "decoder_step: expected layer ", l,
-                " weight [w_ih | w_hh] of size [", 4 * H, ", ", in + H, "], got ", w.sizes(),
-                l == 0 ? " (input size E, plus H with input feeding)" : "");
-    std::optional<at::Tensor> bias = b_cat.get(l);
-    if (bias) {
-      same(*bias, "b_cat");
-      TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "decoder_step: expected layer ", l,
-                  " bias of size [", 4 * H, "], got ", bias->sizes());
-    }
+    const std::optional<at::Tensor> bias = b_cat.get(l);
     at::Tensor xh = l == 0 && feed ? at::cat({x, *feed, h[0]}, 1) : at::cat({inp, h[l]}, 1);  // [input; h_l]
     at::Tensor gates = step_linear(xh, w, bias).contiguous();  // [B, 4H]
     AT_DISPATCH_FLOATING_TYPES(dtype, "decoder_step_cell", [&] {
@@ -238,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_step(
     decoder_attention<scalar_t>({query.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), mem.data_ptr<scalar_t>(),
                                  lengths ? len.data_ptr<int64_t>() : nullptr,
                                  additive ? vv.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
-                                 attn.data_ptr<scalar_t>(), context.data_ptr<scalar_t>(), B, S, keys.size(2), M});
+                                 attn.data_ptr<scalar_t>(), context.data_ptr<scalar_t>(), B, S, K, M});
   });
   // ---- combine: h̃ = tanh(w_out · [context; h_top] + b_out) ----
   at::Tensor out = step_linear(at::cat({context, top}, 1), w_out, b_out, /*tanh_out=*/true);

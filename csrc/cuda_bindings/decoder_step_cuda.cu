@@ -28,6 +28,7 @@
 
 #include "cuda/decoder_step.cuh"
 #include "cuda_bindings/binding_common.cuh"
+#include "decoder_step_checks.h"
 
 namespace fused_s2s::cuda {
 namespace {
@@ -36,11 +37,6 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 constexpr int kPointwiseThreads = 256;
-
-void check_2d(const Tensor& t, const char* name, int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "decoder_step: expected ", name, " of size [",
-              rows, ", ", cols, "], got ", t.sizes());
-}
 
 int pointwise_grid(int64_t n) {
   const int64_t blocks = (n + kPointwiseThreads - 1) / kPointwiseThreads;
@@ -52,18 +48,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decoder_step_cuda(
     const c10::List<OptTensor>& b_cat, c10::string_view score, const Tensor& keys, double scale,
     const OptTensor& w_query, const OptTensor& b_query, const OptTensor& v, const Tensor& memory,
     const OptTensor& lengths, const Tensor& w_out, const OptTensor& b_out) {
-  // ---- checks: the CPU op's, word for word where shared, with CUDA devices and 16-bit dtypes ----
-  TORCH_CHECK(h.dim() == 3 && c.sizes() == h.sizes(), "decoder_step: expected h and c of the same size [L, B, H], got ",
-              h.sizes(), " and ", c.sizes());
-  const int64_t L = h.size(0), B = h.size(1), H = h.size(2);
-  TORCH_CHECK(L >= 1, "decoder_step: needs at least one layer");
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == B, "decoder_step: expected x of size [", B, ", E], got ", x.sizes());
-  TORCH_CHECK(memory.dim() == 3 && memory.size(0) == B, "decoder_step: expected memory of size [", B,
-              ", S, M], got ", memory.sizes());
-  const int64_t S = memory.size(1), M = memory.size(2);
-  TORCH_CHECK(S >= 1, "decoder_step: memory must have at least one source position");
-  TORCH_CHECK(static_cast<int64_t>(w_cat.size()) == L && static_cast<int64_t>(b_cat.size()) == L,
-              "decoder_step: expected ", L, " layer weights and biases, got ", w_cat.size(), " and ", b_cat.size());
+  // ---- checks: the CPU op's (decoder_step_checks.h), with CUDA devices and 16-bit dtypes ----
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "decoder_step: the CUDA kernels take float32, bfloat16 or float16, got ", dtype);
@@ -74,60 +59,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decoder_step_cuda(
     TORCH_CHECK(t.device() == x.device(), "decoder_step: ", name, " must be on x's device (", x.device(), "), got ",
                 t.device());
   };
-  for (auto& [t, n] : {std::pair<const Tensor&, const char*>{h, "h"}, {c, "c"}, {memory, "memory"}, {keys, "keys"},
-                       {w_out, "w_out"}})
-    same(t, n);
-  if (feed.has_value()) {
-    same(*feed, "feed");
-    check_2d(*feed, "feed", B, H);
-  }
-  TORCH_CHECK(keys.dim() == 3 && keys.size(0) == B && keys.size(1) == S, "decoder_step: expected keys of size [", B,
-              ", ", S, ", K], got ", keys.sizes());
-  const int64_t K = keys.size(2);
-  const bool additive = std::string_view(score.data(), score.size()) == "additive";
-  TORCH_CHECK(additive || std::string_view(score.data(), score.size()) == "dot",
-              "decoder_step: score must be 'dot' or 'additive', got '", score, "'");
-  if (additive) {
-    TORCH_CHECK(w_query.has_value() && v.has_value(), "decoder_step: additive scores need w_query and v");
-    same(*w_query, "w_query");
-    same(*v, "v");
-    check_2d(*w_query, "w_query", K, H);
-    TORCH_CHECK(v->dim() == 1 && v->size(0) == K, "decoder_step: expected v of size [", K, "], got ", v->sizes());
-    if (b_query.has_value()) {
-      same(*b_query, "b_query");
-      TORCH_CHECK(b_query->dim() == 1 && b_query->size(0) == K, "decoder_step: expected b_query of size [", K,
-                  "], got ", b_query->sizes());
-    }
-  } else if (w_query.has_value()) {
-    // general attention scored as (W h)·m_s: keys is memory itself and w_query = W [M, H] projects the query
-    same(*w_query, "w_query");
-    check_2d(*w_query, "w_query", K, H);
-  } else {
-    TORCH_CHECK(K == H, "decoder_step: dot scores need keys of size [", B, ", ", S, ", ", H, "], got ", keys.sizes());
-  }
-  check_2d(w_out, "w_out", H, M + H);
-  if (b_out.has_value()) {
-    same(*b_out, "b_out");
-    TORCH_CHECK(b_out->dim() == 1 && b_out->size(0) == H, "decoder_step: expected b_out of size [", H, "], got ",
-                b_out->sizes());
-  }
+  const DecoderStepSizes sizes =
+      check_decoder_step(x, feed, h, c, w_cat, b_cat, score, keys, w_query, b_query, v, memory, w_out, b_out, same);
+  const int64_t L = sizes.L, B = sizes.B, H = sizes.H, S = sizes.S, M = sizes.M, K = sizes.K;
+  const bool additive = sizes.additive;
   TORCH_CHECK(B * (M + H) <= INT_MAX && B * 4 * H <= INT_MAX && B * S <= INT_MAX && K <= INT_MAX,
               "decoder_step: sizes too large for the CUDA kernels: B=", B, " H=", H, " S=", S, " M=", M, " K=", K);
   const bool project = w_query.has_value();
-  for (int64_t l = 0; l < L; ++l) {
-    const Tensor& w = w_cat[l];
-    same(w, "w_cat");
-    const int64_t in = (l == 0 ? x.size(1) + (feed.has_value() ? H : 0) : H);
-    TORCH_CHECK(w.dim() == 2 && w.size(0) == 4 * H && w.size(1) == in + H, "decoder_step: expected layer ", l,
-                " weight [w_ih | w_hh] of size [", 4 * H, ", ", in + H, "], got ", w.sizes(),
-                l == 0 ? " (input size E, plus H with input feeding)" : "");
-    const OptTensor bias = b_cat.get(l);
-    if (bias.has_value()) {
-      same(*bias, "b_cat");
-      TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "decoder_step: expected layer ", l,
-                  " bias of size [", 4 * H, "], got ", bias->sizes());
-    }
-  }
 
   const c10::cuda::CUDAGuard guard(x.device());
   const OptTensor len = binding::device_lengths(lengths, B, S, x.device(), "decoder_step");
