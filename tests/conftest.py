@@ -31,6 +31,12 @@ def pytest_report_header(config):
     return f"fused_s2s test seed: FUSED_S2S_TEST_SEED={RUN_SEED}"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # -q (as scripts/test.sh runs) hides the header: a failed run still names the seed that replays it
+    if exitstatus != 0:
+        terminalreporter.write_line(f"fused_s2s test seed: FUSED_S2S_TEST_SEED={RUN_SEED}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     torch.manual_seed(RUN_SEED ^ zlib.crc32(request.node.nodeid.encode()))
