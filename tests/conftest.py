@@ -19,6 +19,12 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 
 import torch  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests.interpreter_rounding import patch_interpreter_bf16_rounding
+
+    # interpreted kernels round fp32 → bf16 to nearest, as a GPU does (see that module)
+    patch_interpreter_bf16_rounding()
+
 RUN_SEED = int(os.environ.get("FUSED_S2S_TEST_SEED", random.randrange(2**31)))
 
 
