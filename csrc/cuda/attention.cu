@@ -56,22 +56,50 @@ __global__ void __launch_bounds__(kAttnMaxThreads, 1) attention_bwd_kernel(Atten
   const int lane = fs2s_lane_id();
   const int len = p.lengths != nullptr ? static_cast<int>(p.lengths[b]) : S;
   float* smem = fs2s_dynamic_smem<float>();
-  float* delta_s = smem;                                          // [Tq] dctx_t · context_t
-  float* acc_k = smem + Tq + static_cast<int64_t>(warp) * (D + M);  // [D] this warp's d_keys row (lane-owned)
+  float* delta_s = smem;                                          // [Tq] Σ_s p_s (dctx_t · values_s)
+  float* delta_w = smem + Tq;                                     // [warps, Tq] each warp's share (16-bit T)
+  float* acc_k = smem + Tq + static_cast<int64_t>(warps) * Tq + static_cast<int64_t>(warp) * (D + M);  // [D]
   float* acc_v = acc_k + D;                                       // [M] this warp's d_values row (lane-owned)
   const int64_t P = static_cast<int64_t>(p.splits) * warps;
   const int64_t slot = static_cast<int64_t>(b) * P + static_cast<int64_t>(split) * warps + warp;
   float* dq_w = p.dq_part + slot * Tq * D;  // [Tq, D] this warp's share of d_query, written by no other warp
   float* dv_w = Additive ? p.dv_part + slot * D : nullptr;  // [D] this warp's share of d_v
 
-  // delta_t = dctx_t · context_t = Σ_s p_s (dctx_t · values_s): the softmax backward's row term.
-  for (int t = warp; t < Tq; t += warps) {
-    const T* dctx = p.d_context + (static_cast<int64_t>(b) * Tq + t) * M;
-    const T* ctx = p.context + (static_cast<int64_t>(b) * Tq + t) * M;
-    float acc = 0.0f;
-    for (int m = lane; m < M; m += 32) acc = fmaf(to_float(dctx[m]), to_float(ctx[m]), acc);
-    acc = attn::warp_sum(acc);
-    if (lane == 0) delta_s[t] = acc;
+  // delta_t = Σ_s p_s (dctx_t · values_s), the softmax backward's row term (Σ_s ds_s = 0 needs it exact).
+  if constexpr (std::is_same_v<T, float>) {
+    // = dctx_t · context_t, from the stored fp32 context (FlashAttention's form: one M-long dot per row)
+    for (int t = warp; t < Tq; t += warps) {
+      const T* dctx = p.d_context + (static_cast<int64_t>(b) * Tq + t) * M;
+      const T* ctx = p.context + (static_cast<int64_t>(b) * Tq + t) * M;
+      float acc = 0.0f;
+      for (int m = lane; m < M; m += 32) acc = fmaf(to_float(dctx[m]), to_float(ctx[m]), acc);
+      acc = attn::warp_sum(acc);
+      if (lane == 0) delta_s[t] = acc;
+    }
+  } else {
+    // A 16-bit context is rounded (relative 2^-8): dctx · round(context) misses Σ p·dp by up to
+    // |dctx|·|context|·2^-8, and d_query carries that times |Σ_s p_s k_s|, 2-4x torch's own bf16 error on
+    // some inputs. So the sum is recomputed in fp32 over all the row's positions (not only this split's):
+    // one more pass over keys and values, each warp into its own slot, summed in a fixed order.
+    for (int t = lane; t < Tq; t += 32) delta_w[static_cast<int64_t>(warp) * Tq + t] = 0.0f;
+    for (int s = warp; s < len; s += warps) {  // warp-uniform
+      const T* k = p.keys + (static_cast<int64_t>(b) * S + s) * D;
+      const T* val = p.values + (static_cast<int64_t>(b) * S + s) * M;
+      for (int t = 0; t < Tq; ++t) {
+        const int64_t bt = static_cast<int64_t>(b) * Tq + t;
+        const float pr = expf(attn::score<T, Additive>(p.query + bt * D, k, p.v, D, p.scale) - p.lse[bt]);
+        float dp = 0.0f;
+        for (int m = lane; m < M; m += 32) dp = fmaf(to_float(p.d_context[bt * M + m]), to_float(val[m]), dp);
+        dp = attn::warp_sum(dp);
+        if (lane == 0) delta_w[static_cast<int64_t>(warp) * Tq + t] += pr * dp;
+      }
+    }
+    __syncthreads();  // delta_w written -> summed below
+    for (int t = threadIdx.x; t < Tq; t += blockDim.x) {
+      float acc = 0.0f;
+      for (int w = 0; w < warps; ++w) acc += delta_w[static_cast<int64_t>(w) * Tq + t];
+      delta_s[t] = acc;
+    }
   }
   // Zeroed here, updated below by whichever lane owns column d: the __syncthreads below orders the two (for
   // Tq > 1 and D not a multiple of 32 the zeroing lane of an element is not the one that updates it).

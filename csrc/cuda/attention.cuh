@@ -32,7 +32,8 @@
 //
 // Backward (attention_bwd_kernel): one CTA per (batch row b, split of S); each warp owns positions of the split
 // (one at a time, all Tq queries in an inner loop), recomputes p = exp(score − lse) from the saved lse, and
-//   dp = dctx·values_s,  delta = dctx·context,  ds = p·(dp − delta),
+//   dp = dctx·values_s,  delta = Σ_s p·dp (= dctx·context for fp32; recomputed over the row for 16-bit,
+//   whose stored context is rounded),  ds = p·(dp − delta),
 //   d_values[s] = Σ_t p·dctx_t,
 //   d_keys[s] = Σ_t ds·scale·q_t (dot) or Σ_t ds·v⊙(1 − u²) (additive, u = tanh(q + k)),
 // accumulating d_keys[s] and d_values[s] in fp32 shared memory and writing each once (no atomics). d_query
@@ -51,6 +52,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda_compat.cuh"
 
@@ -129,9 +131,9 @@ inline std::size_t attention_fwd_smem_bytes(int D, int M) {
 inline std::size_t attention_combine_smem_bytes(int splits) {
   return sizeof(float) * static_cast<std::size_t>(splits);
 }
-// Backward: delta [Tq] | per warp: d_keys row [D], d_values row [M].
+// Backward: delta [Tq] | delta per warp [warps, Tq] (16-bit T) | per warp: d_keys row [D], d_values row [M].
 inline std::size_t attention_bwd_smem_bytes(int Tq, int D, int M, int warps) {
-  return sizeof(float) * (static_cast<std::size_t>(Tq) + static_cast<std::size_t>(warps) * (D + M));
+  return sizeof(float) * (static_cast<std::size_t>(Tq) + static_cast<std::size_t>(warps) * (Tq + D + M));
 }
 
 // ------------------------------------------------------------------------------------------------------------
