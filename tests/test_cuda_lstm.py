@@ -20,7 +20,8 @@ from fused_s2s.ops import lstm as lstm_ops
 from fused_s2s.ops import lstm_layer
 from fused_s2s.ops.lstm_cuda import cuda_kernels_built
 from fused_s2s.reference.lstm import lstm_layer as reference_layer
-from tests.test_ops import FROZEN, assert_layer_matches_reference, differentiable, make_layer_args, with_frozen
+from tests.test_ops import (FROZEN, assert_16bit_as_accurate_as_torch, assert_layer_matches_reference, make_layer_args,
+                            with_frozen)
 from tests.utils import assert_close, case_id
 
 if not torch.cuda.is_available():
@@ -71,29 +72,8 @@ def test_cuda_matches_reference_fp32(case, bias, reverse, lengths):
     dict(T=9, B=16, I=32, H=256, P=0, lengths=False, reverse=False),
 ], ids=lambda c: case_id(**c))
 def test_cuda_16bit_as_accurate_as_torch_in_that_dtype(case, dtype):
-    """|cuda − ref64| ≤ 2·|reference in the same dtype − ref64| + floor (DESIGN.md §5), outputs and grads."""
-    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in make_layer_args(**case, dtype=torch.float64)]
-    x16 = on_device([a.to(dtype).requires_grad_() if isinstance(a, torch.Tensor) and k != 8 else a
-                     for k, a in enumerate(args)])
-    ref16 = [a.detach().cpu().requires_grad_() if isinstance(a, torch.Tensor) and k != 8 else a
-             for k, a in enumerate(x16)]
-    ref64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) and k != 8 else a
-             for k, a in enumerate(ref16)]
-
-    def results(fn, a, **kw):
-        out = fn(*a, **kw)
-        g = torch.Generator().manual_seed(1)
-        grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype).to(o.device) for o in out]
-        return list(out) + list(torch.autograd.grad(out, differentiable(a), grads_out))
-
-    names = ["y", "h_n", "c_n"] + [f"grad {k}" for k in range(len(differentiable(x16)))]
-    for name, got, own, want in zip(names, results(lstm_layer, x16, backend="cuda"),
-                                    results(reference_layer, ref16), results(reference_layer, ref64)):
-        assert got.dtype == dtype, name
-        err = (got.double().cpu() - want).abs().max().item()
-        own_err = (own.double() - want).abs().max().item()
-        floor = 2e-3 * (1 + want.abs().max().item())
-        assert err <= 2 * own_err + floor, f"{name}: error {err:.3e} vs torch-{dtype} error {own_err:.3e}"
+    """Outputs and gradients within twice torch's own error in that dtype (assert_16bit_as_accurate_as_torch)."""
+    assert_16bit_as_accurate_as_torch(case, dtype, "cuda", on_device)
 
 
 @pytest.mark.parametrize("kw", [

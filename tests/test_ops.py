@@ -103,6 +103,34 @@ def assert_layer_matches_reference(args, backend: str) -> None:
         check_against_fp64(f"grad of differentiable input {k}", a, e, e64)
 
 
+def assert_16bit_as_accurate_as_torch(case: dict, dtype: torch.dtype, backend: str, on_device) -> None:
+    """lstm_layer(backend) in a 16-bit dtype against the fp64 reference, outputs and gradients:
+    |kernel − ref64| ≤ 2·|reference in the same dtype − ref64| + floor (DESIGN.md §5). `on_device` moves the
+    args where the backend runs; the references run on the CPU."""
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in make_layer_args(**case, dtype=torch.float64)]
+    x16 = on_device([a.to(dtype).requires_grad_() if isinstance(a, torch.Tensor) and k != 8 else a
+                     for k, a in enumerate(args)])
+    ref16 = [a.detach().cpu().requires_grad_() if isinstance(a, torch.Tensor) and k != 8 else a
+             for k, a in enumerate(x16)]
+    ref64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) and k != 8 else a
+             for k, a in enumerate(ref16)]
+
+    def results(fn, a, **kw):
+        out = fn(*a, **kw)
+        g = torch.Generator().manual_seed(1)
+        grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype).to(o.device) for o in out]
+        return list(out) + list(torch.autograd.grad(out, differentiable(a), grads_out))
+
+    names = ["y", "h_n", "c_n"] + [f"grad {k}" for k in range(len(differentiable(x16)))]
+    for name, got, own, want in zip(names, results(lstm_layer, x16, backend=backend),
+                                    results(reference_layer, ref16), results(reference_layer, ref64)):
+        assert got.dtype == dtype, name
+        err = (got.double().cpu() - want).abs().max().item()
+        own_err = (own.double() - want).abs().max().item()
+        floor = 2e-3 * (1 + want.abs().max().item())
+        assert err <= 2 * own_err + floor, f"{name}: error {err:.3e} vs torch-{dtype} error {own_err:.3e}"
+
+
 def with_frozen(args, frozen: set[int]):
     """args with requires_grad off at the positions in `frozen` (3..7: w_ih, w_hh, b_ih, b_hh, w_hr)."""
     return tuple(a.detach() if i in frozen and isinstance(a, torch.Tensor) else a for i, a in enumerate(args))
