@@ -57,8 +57,7 @@ __global__ void __launch_bounds__(kAttnMaxThreads, 1) attention_bwd_kernel(Atten
   const int len = p.lengths != nullptr ? static_cast<int>(p.lengths[b]) : S;
   float* smem = fs2s_dynamic_smem<float>();
   float* delta_s = smem;                                          // [Tq] Σ_s p_s (dctx_t · values_s)
-  float* delta_w = smem + Tq;                                     // [warps, Tq] each warp's share (16-bit T)
-  float* acc_k = smem + Tq + static_cast<int64_t>(warps) * Tq + static_cast<int64_t>(warp) * (D + M);  // [D]
+  float* acc_k = smem + Tq + static_cast<int64_t>(warp) * (D + M);  // [D] this warp's d_keys row (lane-owned)
   float* acc_v = acc_k + D;                                       // [M] this warp's d_values row (lane-owned)
   const int64_t P = static_cast<int64_t>(p.splits) * warps;
   const int64_t slot = static_cast<int64_t>(b) * P + static_cast<int64_t>(split) * warps + warp;
@@ -80,25 +79,33 @@ __global__ void __launch_bounds__(kAttnMaxThreads, 1) attention_bwd_kernel(Atten
     // A 16-bit context is rounded (relative 2^-8): dctx · round(context) misses Σ p·dp by up to
     // |dctx|·|context|·2^-8, and d_query carries that times |Σ_s p_s k_s|, 2-4x torch's own bf16 error on
     // some inputs. So the sum is recomputed in fp32 over all the row's positions (not only this split's):
-    // one more pass over keys and values, each warp into its own slot, summed in a fixed order.
-    for (int t = lane; t < Tq; t += 32) delta_w[static_cast<int64_t>(warp) * Tq + t] = 0.0f;
-    for (int s = warp; s < len; s += warps) {  // warp-uniform
-      const T* k = p.keys + (static_cast<int64_t>(b) * S + s) * D;
-      const T* val = p.values + (static_cast<int64_t>(b) * S + s) * M;
-      for (int t = 0; t < Tq; ++t) {
-        const int64_t bt = static_cast<int64_t>(b) * Tq + t;
-        const float pr = expf(attn::score<T, Additive>(p.query + bt * D, k, p.v, D, p.scale) - p.lse[bt]);
-        float dp = 0.0f;
-        for (int m = lane; m < M; m += 32) dp = fmaf(to_float(p.d_context[bt * M + m]), to_float(val[m]), dp);
-        dp = attn::warp_sum(dp);
-        if (lane == 0) delta_w[static_cast<int64_t>(warp) * Tq + t] += pr * dp;
+    // one more pass over keys and values. Each warp sums into its own slots, which borrow its d_keys/d_values
+    // row (D + M floats, unused until the main loop; no extra shared memory), so t goes in passes of D + M;
+    // the slots are then summed in a fixed order. Lane 0 alone writes a warp's slots.
+    const int pass = D + M;
+    for (int t0 = 0; t0 < Tq; t0 += pass) {
+      const int nt = Tq - t0 < pass ? Tq - t0 : pass;
+      if (lane == 0)
+        for (int i = 0; i < nt; ++i) acc_k[i] = 0.0f;
+      for (int s = warp; s < len; s += warps) {  // warp-uniform
+        const T* k = p.keys + (static_cast<int64_t>(b) * S + s) * D;
+        const T* val = p.values + (static_cast<int64_t>(b) * S + s) * M;
+        for (int i = 0; i < nt; ++i) {
+          const int64_t bt = static_cast<int64_t>(b) * Tq + t0 + i;
+          const float pr = expf(attn::score<T, Additive>(p.query + bt * D, k, p.v, D, p.scale) - p.lse[bt]);
+          float dp = 0.0f;
+          for (int m = lane; m < M; m += 32) dp = fmaf(to_float(p.d_context[bt * M + m]), to_float(val[m]), dp);
+          dp = attn::warp_sum(dp);
+          if (lane == 0) acc_k[i] += pr * dp;
+        }
       }
-    }
-    __syncthreads();  // delta_w written -> summed below
-    for (int t = threadIdx.x; t < Tq; t += blockDim.x) {
-      float acc = 0.0f;
-      for (int w = 0; w < warps; ++w) acc += delta_w[static_cast<int64_t>(w) * Tq + t];
-      delta_s[t] = acc;
+      __syncthreads();  // every warp's slots written -> summed below
+      for (int i = threadIdx.x; i < nt; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int w = 0; w < warps; ++w) acc += smem[Tq + static_cast<int64_t>(w) * pass + i];
+        delta_s[t0 + i] = acc;
+      }
+      __syncthreads();  // slots read -> the next pass, or the main loop, overwrites them
     }
   }
   // Zeroed here, updated below by whichever lane owns column d: the __syncthreads below orders the two (for

@@ -131,9 +131,9 @@ inline std::size_t attention_fwd_smem_bytes(int D, int M) {
 inline std::size_t attention_combine_smem_bytes(int splits) {
   return sizeof(float) * static_cast<std::size_t>(splits);
 }
-// Backward: delta [Tq] | delta per warp [warps, Tq] (16-bit T) | per warp: d_keys row [D], d_values row [M].
+// Backward: delta [Tq] | per warp: d_keys row [D], d_values row [M] (first the 16-bit row-term sums).
 inline std::size_t attention_bwd_smem_bytes(int Tq, int D, int M, int warps) {
-  return sizeof(float) * (static_cast<std::size_t>(Tq) + static_cast<std::size_t>(warps) * (Tq + D + M));
+  return sizeof(float) * (static_cast<std::size_t>(Tq) + static_cast<std::size_t>(warps) * (D + M));
 }
 
 // ------------------------------------------------------------------------------------------------------------

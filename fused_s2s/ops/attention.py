@@ -68,13 +68,12 @@ def cuda_unsupported_reason(dtype: torch.dtype, device: torch.device, T: int, D:
 
     T query rows per batch row, D the scored feature size (the projected query's), M the memory size. The
     shared memory is attention_plan's, which the bindings check for the forward and the backward together:
-    forward 4·(D + 64 + M + 4) bytes, backward 4·(T + warps·(T + D + M)) (the per-warp row terms of the
-    16-bit backward included)."""
+    forward 4·(D + 64 + M + 4) bytes, backward 4·(T + warps·(D + M))."""
     if dtype not in CUDA_DTYPES:
         return f"the CUDA attention kernels take float32, bfloat16 or float16, got {dtype}"
     if min(D, M) < 1:
         return f"the CUDA attention kernels need feature sizes >= 1, got D={D} M={M}"
-    need = 4 * max(D + _CUDA_TILE + M + 4, T + (_CUDA_THREADS // 32) * (T + D + M))
+    need = 4 * max(D + _CUDA_TILE + M + 4, T + (_CUDA_THREADS // 32) * (D + M))
     if device.type == "cuda":
         _sm_count, smem = lstm_cuda._device_limits(device)
         if need > smem:
