@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "fused_s2s/lstm_cell.h"
 #include "lstm_kernels.h"
@@ -100,37 +101,51 @@ void bwd_pointwise_impl(const BwdPointwiseArgs<scalar_t>& a) {
 // 565-590 -> 515-563 us with precomputed keys, 620-630 -> 573-591 us without).
 constexpr int64_t kPrefetchRows = 32;
 
-// R rows of x (from row b0) against panels [p0, p1). PREFETCH: also prefetch each panel kPrefetchRows K
-// rows ahead (the first row group of a panel; the others find it in cache).
+// With more than one row group, a panel is taken kChunkRows K rows at a time and every row group runs over
+// that chunk before the next one, so the groups after the first re-read the chunk from L1 while the first
+// group's prefetches for the next chunk are in flight, instead of re-reading the whole panel from L2 in
+// passes of their own after it (H512 decoder step B8: the second pass was ~1/4 of the GEMM's time). A
+// group's accumulators are parked between chunks; each output is still summed in k order.
+constexpr int64_t kChunkRows = 64;
+
+// R rows of x (from row b0) against K rows [k0, k1) of panel p. The accumulators start from zero at k0 = 0,
+// else from `park` (row r's at park[(b0 + r) * W]); they end in `out` at k1 = K, else in `park`.
+// PREFETCH: also prefetch the panel kPrefetchRows K rows ahead (the first row group; the others find it in
+// cache).
 template <typename scalar_t, int R, bool PREFETCH = false>
-void small_gemm_rows(const SmallGemmArgs<scalar_t>& a, int64_t b0, int64_t p0, int64_t p1) {
+void small_gemm_rows(const SmallGemmArgs<scalar_t>& a, int64_t b0, int64_t p, int64_t k0, int64_t k1,
+                     scalar_t* park) {
   using Vec = Vectorized<scalar_t>;
   constexpr int64_t V = Vec::size(), W = panel_width<scalar_t>();
   const int64_t K = a.K, N = a.N;
   const scalar_t* x = a.x + b0 * K;
-  scalar_t* out = a.out + b0 * N;
-  for (int64_t p = p0; p < p1; ++p) {
-    const scalar_t* panel = a.panels + p * K * W;
-    Vec acc[R][kColVecs];
+  const scalar_t* panel = a.panels + p * K * W;
+  Vec acc[R][kColVecs];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kColVecs; ++j)
+      acc[r][j] = k0 == 0 ? Vec(scalar_t(0)) : Vec::loadu(park + (b0 + r) * W + j * V);
+  for (int64_t k = k0; k < k1; ++k) {
+    Vec wv[kColVecs];
+    if constexpr (PREFETCH)  // one cache line per vector (64 bytes); past the panel's end it is a no-op
+      for (int j = 0; j < kColVecs; ++j) __builtin_prefetch(panel + (k + kPrefetchRows) * W + j * V, 0, 3);
+    for (int j = 0; j < kColVecs; ++j) wv[j] = Vec::loadu(panel + k * W + j * V);
+    for (int r = 0; r < R; ++r) {
+      const Vec xv(x[r * K + k]);
+      for (int j = 0; j < kColVecs; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
+    }
+  }
+  if (k1 < K) {
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kColVecs; ++j) acc[r][j] = Vec(scalar_t(0));
-    for (int64_t k = 0; k < K; ++k) {
-      Vec wv[kColVecs];
-      if constexpr (PREFETCH)  // one cache line per vector (64 bytes); past the panel's end it is a no-op
-        for (int j = 0; j < kColVecs; ++j) __builtin_prefetch(panel + (k + kPrefetchRows) * W + j * V, 0, 3);
-      for (int j = 0; j < kColVecs; ++j) wv[j] = Vec::loadu(panel + k * W + j * V);
-      for (int r = 0; r < R; ++r) {
-        const Vec xv(x[r * K + k]);
-        for (int j = 0; j < kColVecs; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
-      }
-    }
-    const int64_t n0 = p * W;
-    for (int j = 0; j < kColVecs; ++j) {
-      const int64_t n = n0 + j * V;
-      if (n >= N) break;
-      const int cnt = static_cast<int>(std::min<int64_t>(V, N - n));
-      for (int r = 0; r < R; ++r) acc[r][j].store(out + r * N + n, cnt);
-    }
+      for (int j = 0; j < kColVecs; ++j) acc[r][j].store(park + (b0 + r) * W + j * V);
+    return;
+  }
+  scalar_t* out = a.out + b0 * N;
+  const int64_t n0 = p * W;
+  for (int j = 0; j < kColVecs; ++j) {
+    const int64_t n = n0 + j * V;
+    if (n >= N) break;
+    const int cnt = static_cast<int>(std::min<int64_t>(V, N - n));
+    for (int r = 0; r < R; ++r) acc[r][j].store(out + r * N + n, cnt);
   }
 }
 
@@ -140,21 +155,26 @@ void small_gemm_impl(const SmallGemmArgs<scalar_t>& a) {
   constexpr int64_t kMinWeightPerThread = 1 << 16;  // elements of w; less is not worth a second thread
   const int64_t panels = (a.N + W - 1) / W;
   const int64_t grain = std::max<int64_t>(1, kMinWeightPerThread / std::max<int64_t>(1, a.K * W));
+  const int64_t chunk = a.B > 6 ? kChunkRows : a.K;  // one row group needs no chunks (and no park)
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    std::vector<scalar_t> park(a.B > 6 ? a.B * W : 0);
     for (int64_t p = p0; p < p1; ++p) {  // panel-outer: one panel is reused by every row group from cache
-      int64_t b = 0;
-      if (a.B >= 6) {  // the first group streams the panel in from wherever it is
-        small_gemm_rows<scalar_t, 6, true>(a, 0, p, p + 1);
-        b = 6;
-      }
-      for (; b + 6 <= a.B; b += 6) small_gemm_rows<scalar_t, 6>(a, b, p, p + 1);
-      switch (a.B - b) {
-        case 5: small_gemm_rows<scalar_t, 5>(a, b, p, p + 1); break;
-        case 4: small_gemm_rows<scalar_t, 4>(a, b, p, p + 1); break;
-        case 3: small_gemm_rows<scalar_t, 3>(a, b, p, p + 1); break;
-        case 2: small_gemm_rows<scalar_t, 2>(a, b, p, p + 1); break;
-        case 1: small_gemm_rows<scalar_t, 1>(a, b, p, p + 1); break;
-        default: break;
+      for (int64_t k0 = 0; k0 < a.K; k0 += chunk) {
+        const int64_t k1 = std::min(a.K, k0 + chunk);
+        int64_t b = 0;
+        if (a.B >= 6) {  // the first group streams the chunk in from wherever it is
+          small_gemm_rows<scalar_t, 6, true>(a, 0, p, k0, k1, park.data());
+          b = 6;
+        }
+        for (; b + 6 <= a.B; b += 6) small_gemm_rows<scalar_t, 6>(a, b, p, k0, k1, park.data());
+        switch (a.B - b) {
+          case 5: small_gemm_rows<scalar_t, 5>(a, b, p, k0, k1, park.data()); break;
+          case 4: small_gemm_rows<scalar_t, 4>(a, b, p, k0, k1, park.data()); break;
+          case 3: small_gemm_rows<scalar_t, 3>(a, b, p, k0, k1, park.data()); break;
+          case 2: small_gemm_rows<scalar_t, 2>(a, b, p, k0, k1, park.data()); break;
+          case 1: small_gemm_rows<scalar_t, 1>(a, b, p, k0, k1, park.data()); break;
+          default: break;
+        }
       }
     }
   });
