@@ -106,7 +106,7 @@ at::Tensor step_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
     out = at::empty({B, w.size(0)}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "decoder_step_small_gemm", [&] {
       small_gemm<scalar_t>({xc.data_ptr<scalar_t>(), panels.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B,
-                            w.size(0), w.size(1)});
+                            w.size(0), w.size(1), /*streamed=*/true});
     });
     if (bias) out.add_(*bias);
   } else {

@@ -101,11 +101,12 @@ void bwd_pointwise_impl(const BwdPointwiseArgs<scalar_t>& a) {
 // 565-590 -> 515-563 us with precomputed keys, 620-630 -> 573-591 us without).
 constexpr int64_t kPrefetchRows = 32;
 
-// With more than one row group, a panel is taken kChunkRows K rows at a time and every row group runs over
-// that chunk before the next one, so the groups after the first re-read the chunk from L1 while the first
-// group's prefetches for the next chunk are in flight, instead of re-reading the whole panel from L2 in
-// passes of their own after it (H512 decoder step B8: the second pass was ~1/4 of the GEMM's time). A
-// group's accumulators are parked between chunks; each output is still summed in k order.
+// A streamed weight (SmallGemmArgs::streamed) with more than one row group is taken kChunkRows K rows of a
+// panel at a time, every row group running over that chunk before the next one: the groups after the first
+// re-read the chunk from L1 while the first group's prefetches for the next chunk are in flight, instead of
+// re-reading the whole panel from L2 in passes of their own after it. A group's accumulators are parked
+// between chunks; each output is still summed in k order. A/B gate, six interleaved pairs: H512 decoder step
+// B8 0.90-0.91x the time; but GRU B64 (W_hh from L2) 1.03-1.04x, hence only for streamed weights.
 constexpr int64_t kChunkRows = 64;
 
 // R rows of x (from row b0) against K rows [k0, k1) of panel p. The accumulators start from zero at k0 = 0,
@@ -155,9 +156,10 @@ void small_gemm_impl(const SmallGemmArgs<scalar_t>& a) {
   constexpr int64_t kMinWeightPerThread = 1 << 16;  // elements of w; less is not worth a second thread
   const int64_t panels = (a.N + W - 1) / W;
   const int64_t grain = std::max<int64_t>(1, kMinWeightPerThread / std::max<int64_t>(1, a.K * W));
-  const int64_t chunk = a.B > 6 ? kChunkRows : a.K;  // one row group needs no chunks (and no park)
+  const bool chunked = a.streamed && a.B > 6;  // one row group needs no chunks (and no park)
+  const int64_t chunk = chunked ? kChunkRows : a.K;
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-    std::vector<scalar_t> park(a.B > 6 ? a.B * W : 0);
+    std::vector<scalar_t> park(chunked ? a.B * W : 0);
     for (int64_t p = p0; p < p1; ++p) {  // panel-outer: one panel is reused by every row group from cache
       for (int64_t k0 = 0; k0 < a.K; k0 += chunk) {
         const int64_t k1 = std::min(a.K, k0 + chunk);

@@ -45,6 +45,9 @@ struct SmallGemmArgs {
   const scalar_t* panels;  // [ceil(N / width), K, width], zero-padded past N
   scalar_t* out;           // [B, N]
   int64_t B, N, K;
+  // The weight comes from L3 or DRAM on every call (a decoder step's 15 MB), not from the thread's L2 (a
+  // recurrence's W_hh): row groups then share each panel chunk from L1 (lstm_kernels.cpp, kChunkRows).
+  bool streamed = false;
 };
 
 // Packs w (element (n, k) at w[n * stride_n + k * stride_k]) into the panel layout above. With
