@@ -201,3 +201,37 @@ def test_reference_backend_step_and_forward(feeding):
             o, s, _ = dec.step(x[:, t], s, memory, lengths)
     assert_close(o, out[:, -1].detach(), "reference-backend step")
     assert_close(s.c, final.c.detach(), "reference-backend c")
+
+
+@pytest.mark.parametrize("kind", ["general", "additive"])
+def test_fused_step_follows_parameter_changes(kind):
+    """The fused step caches its prepared weights (and keys) across steps: an in-place update (an optimizer
+    step), a replaced Parameter and a dtype move must each rebuild them, so every step equals the reference
+    loop under the parameters of that moment."""
+    B = 3
+    dec = make(kind, 2, True)
+    x, memory = torch.randn(B, E, dtype=torch.float64), torch.randn(B, S, H, dtype=torch.float64)
+    state = random_state(dec, B, torch.float64)
+
+    def check(dtype):
+        xs, mem = x.to(dtype), memory.to(dtype)
+        st = DecoderState(state.h.to(dtype), state.c.to(dtype), state.feed.to(dtype))
+        with torch.no_grad():
+            out, new, attn = dec.step(xs, st, mem)
+            ref_out, ref_attn, ref_h, _ = ref_decoder(
+                xs[:, None], st.feed, st.h, st.c, dec._lstm_weights(), dec.attention, dec.attn.params(),
+                dec.linear_out.weight, dec.linear_out.bias, mem, None, input_feeding=True)
+        assert out.dtype == dtype
+        assert_close(out, ref_out[:, 0], "step output")
+        assert_close(attn, ref_attn[:, 0], "step attention")
+        assert_close(new.h, ref_h, "step h")
+
+    check(torch.float64)
+    with torch.no_grad():
+        dec.lstm.weight_hh_l1.add_(0.25)  # in place, as an optimizer step
+        dec.attn.params()[next(iter(dec.attn.params()))].mul_(-1.5)
+    check(torch.float64)
+    dec.linear_out.weight = torch.nn.Parameter(torch.randn_like(dec.linear_out.weight))  # replaced
+    check(torch.float64)
+    dec.float()  # moved to another dtype
+    check(torch.float32)

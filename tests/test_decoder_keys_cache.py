@@ -1,7 +1,7 @@
 """FusedDecoder.step without keys=: the attention keys are computed once per memory tensor and reused while
 the same tensor comes back unmodified under the same weights; results equal precomputed keys exactly. General
 attention does so over at most 64 source rows (B·S); over more it projects the query each step and scores it
-against memory itself (no keys, no cache)."""
+against memory itself (no keys GEMM; the projected-query form is built once per memory and cached too)."""
 import copy
 import importlib
 import io
@@ -60,8 +60,8 @@ def test_without_keys_equals_precomputed_and_computes_once(kind, counted):
 
 
 def test_general_without_keys_projects_the_query(counted):
-    """Over more than 64 source rows (B·S = 3·30): each step asks for the projected-query form (no GEMM over
-    the source) and nothing is cached; the results equal the precomputed keys' to fp32 rounding (another
+    """Over more than 64 source rows (B·S = 3·30): the projected-query form (memory itself, no GEMM over the
+    source) is asked for once and cached; the results equal the precomputed keys' to fp32 rounding (another
     summation order)."""
     dec = FusedDecoder(E, H, H, num_layers=2, attention="general").eval()
     S_long = 30
@@ -71,7 +71,8 @@ def test_general_without_keys_projects_the_query(counted):
         keys = dec.precompute_keys(memory)
     counted.clear()
     ours, s_ours = decode(dec, xs, memory, lengths)
-    assert len(counted) == len(xs) and dec._keys_cache.entry is None
+    cached = dec._keys_cache.entry
+    assert len(counted) == 1 and cached is not None and cached[3].project_query and cached[3].keys is memory
     theirs, s_theirs = decode(dec, xs, memory, lengths, keys=keys)
     for (o, a), (ro, ra) in zip(ours, theirs):
         assert_close(o, ro, "out")

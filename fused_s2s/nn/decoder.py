@@ -14,8 +14,11 @@ attention op): the fused step op is LSTM-only so far.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from typing import Optional
 
 import torch
@@ -43,6 +46,13 @@ CELLS = ("lstm", "gru")
 # W; at B1 S50 H512 on the 2-core VM ~25 us a step against ~0.1 ms for the keys once); above it the keys'
 # GEMM over the source costs tens of steps' worth, and each step projects the query instead.
 _GENERAL_KEYS_CACHED_ROWS = 64
+
+# C-level helpers for the per-step checks (FusedDecoder._fused_weights): step() runs right after the op has
+# streamed ~15 MB of weights through the core's caches, so each Python-level operation there misses cache
+# and costs several times its warm cost (at B8 H512 the Python around the op took ~45 us a step).
+_not_none = partial(operator.is_not, None)
+_version_of = operator.attrgetter("_version")
+_data_ptr_of = Tensor.data_ptr
 
 
 @dataclass
@@ -74,9 +84,10 @@ class DecoderState:
 
 
 class _KeysCache:
-    """(weakref to a memory tensor, its _version, the weights' versions, its AttentionKeys) or None. The
-    weakref keeps no memory alive; a copied or pickled decoder (deepcopy, torch.save) starts empty, since a
-    weakref cannot be copied."""
+    """(weakref to a memory tensor, its _version, the FusedDecoder._prepared its keys were made under, its
+    AttentionKeys) or None. The keys of dot-like kinds and of a projected query are the memory itself, so the
+    last memory stepped over stays alive until another one comes; a copied or pickled decoder (deepcopy,
+    torch.save) starts empty, since a weakref cannot be copied."""
 
     def __init__(self) -> None:
         self.entry = None
@@ -208,8 +219,14 @@ class FusedDecoder(nn.Module):
         # The modules' own parameter dicts, not self.parameters() or attribute lookups: this runs every step,
         # and walking the module tree cost ~20 us of a ~200 us step. A replaced, moved or updated parameter
         # changes its data_ptr or version, which rebuilds the prepared weights.
-        key = tuple((t.data_ptr(), t._version) for m in (self._stack, self.attn, self.linear_out)
-                    for t in m._parameters.values() if t is not None)
+        modules = self._modules
+        dicts = (modules[self.cell]._parameters, modules["attn"]._parameters, modules["linear_out"]._parameters)
+        if torch.compiler.is_compiling():  # dynamo does not trace attrgetter; the plain form, same key
+            params = [t for d in dicts for t in d.values() if t is not None]
+            key = (*[t.data_ptr() for t in params], *[t._version for t in params])
+        else:
+            params = tuple(filter(_not_none, chain(dicts[0].values(), dicts[1].values(), dicts[2].values())))
+            key = (*map(_data_ptr_of, params), *map(_version_of, params))
         if self._prepared is None or self._prepared[0] != key:
             w = prepare_decoder_weights(self._lstm_weights(), self.attention, self.attn.params(),
                                         self.linear_out.weight, self.linear_out.bias)
@@ -227,19 +244,21 @@ class FusedDecoder(nn.Module):
         _fused_weights(), whose key names the weights' versions. A reordered or copied memory (a beam search
         that index_selects memory every step) is a new tensor and gets new keys."""
         general = self.attention == "general"
-        if general and memory.shape[0] * memory.shape[1] > _GENERAL_KEYS_CACHED_ROWS:
-            # The projected query against memory itself: no keys to compute or cache (see AttentionKeys).
-            return attention_keys(self.attention, self.attn.params(), memory, project_query=True)
         if torch.compiler.is_compiling() or memory.is_inference():
             # A traced graph keeps no cache, and an inference tensor has no version counter to tell an in-place
             # change: the op computes the keys (general: projects the query), every step.
             return attention_keys(self.attention, self.attn.params(), memory, project_query=True) if general else None
-        weights = self._prepared[0] if self._prepared is not None else None
+        prepared = self._prepared
         cached = self._keys_cache.entry
-        if cached is not None and cached[0]() is memory and cached[1] == memory._version and cached[2] == weights:
+        if cached is not None and cached[0]() is memory and cached[1] == memory._version and cached[2] is prepared:
             return cached[3]
-        keys = self.precompute_keys(memory)
-        self._keys_cache.entry = (weakref.ref(memory), memory._version, weights, keys)
+        if general and memory.shape[0] * memory.shape[1] > _GENERAL_KEYS_CACHED_ROWS:
+            # The projected query against memory itself: nothing to compute (see AttentionKeys); cached too, as
+            # building it every step costs more than the lookup.
+            keys = attention_keys(self.attention, self.attn.params(), memory, project_query=True)
+        else:
+            keys = self.precompute_keys(memory)
+        self._keys_cache.entry = (weakref.ref(memory), memory._version, prepared, keys)
         return keys
 
     # ---------------------------------------------------------------------------------------------- checks
@@ -286,13 +305,15 @@ class FusedDecoder(nn.Module):
 
     def _check_state(self, state: DecoderState, batch: int) -> None:
         L, H = self.num_layers, self.hidden_size
-        if (state.c is None) != (self.cell == "gru"):
+        h, c = state.h, state.c
+        if (c is None) != (self.cell == "gru"):
             raise RuntimeError({"lstm": "an LSTM", "gru": "a GRU"}[self.cell] + " decoder's state " +
                                ("has no c (got one)" if self.cell == "gru" else "needs c (got None)"))
-        for name, t in (("h", state.h), ("c", state.c)):
-            if t is not None and tuple(t.shape) != (L, batch, H):
-                raise RuntimeError(f"Expected state.{name} size {(L, batch, H)}, got {list(t.shape)}")
-        if self.input_feeding and state.feed is not None and tuple(state.feed.shape) != (batch, H):
+        expected = (L, batch, H)
+        for name, t in (("h", h), ("c", c)):
+            if t is not None and t.shape != expected:
+                raise RuntimeError(f"Expected state.{name} size {expected}, got {list(t.shape)}")
+        if self.input_feeding and state.feed is not None and state.feed.shape != (batch, H):
             raise RuntimeError(f"Expected state.feed size {(batch, H)}, got {list(state.feed.shape)}")
 
     # ---------------------------------------------------------------------------------------------- state
