@@ -146,7 +146,12 @@ void small_gemm_rows(const SmallGemmArgs<scalar_t>& a, int64_t b0, int64_t p, in
     const int64_t n = n0 + j * V;
     if (n >= N) break;
     const int cnt = static_cast<int>(std::min<int64_t>(V, N - n));
-    for (int r = 0; r < R; ++r) acc[r][j].store(out + r * N + n, cnt);
+    const Vec bias = a.bias ? Vec::loadu(a.bias + n, cnt) : Vec(scalar_t(0));
+    for (int r = 0; r < R; ++r) {
+      Vec v = a.bias ? acc[r][j] + bias : acc[r][j];
+      if (a.tanh_out) v = VecMath<scalar_t>::tanh(v);
+      v.store(out + r * N + n, cnt);
+    }
   }
 }
 

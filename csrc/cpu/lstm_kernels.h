@@ -48,6 +48,8 @@ struct SmallGemmArgs {
   // The weight comes from L3 or DRAM on every call (a decoder step's 15 MB), not from the thread's L2 (a
   // recurrence's W_hh): row groups then share each panel chunk from L1 (lstm_kernels.cpp, kChunkRows).
   bool streamed = false;
+  const scalar_t* bias = nullptr;  // [N] added to every row, or nullptr
+  bool tanh_out = false;           // out = tanh(x·wᵀ + bias), in the same pass
 };
 
 // Packs w (element (n, k) at w[n * stride_n + k * stride_k]) into the panel layout above. With
