@@ -29,6 +29,7 @@ CASES = [  # T, B, I, H, layers, bidirectional, lengths
     (5, 5, 12, 80, 1, True, True),
     (7, 1, 8, 17, 2, True, False),
     (6, 17, 20, 64, 1, False, False),
+    (4, 40, 24, 40, 1, True, True),  # AMX: three row tiles, the last one padded (48 rows)
 ]
 
 
