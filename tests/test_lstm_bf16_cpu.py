@@ -85,7 +85,11 @@ def test_error_within_nn_lstm_bf16_error(T, B, I, H, layers, bidir, with_lengths
         assert torch.isfinite(a).all(), f"{name} is not finite"
         err = (a.double() - e).abs().max().item()
         err_nn = (n.double() - e).abs().max().item()
-        bound = 1.5 * err_nn + BF16_ULP * e.abs().max().item()
+        # Two bf16 steps of the largest value on top of 1.5x nn.LSTM's error: the native kernel saves its gate
+        # activations in bf16 (oneDNN keeps an fp32 workspace), one more rounding that tensors of a few
+        # elements (T1 B1) cannot average out. With one step, 1 in ~130 fresh draws of T1 B1 H8 failed
+        # (worst 1.28x the bound); with two, none of 800 (worst 0.92x). A wrong kernel is off by far more.
+        bound = 1.5 * err_nn + 2 * BF16_ULP * e.abs().max().item()
         assert err <= bound, f"{name}: error {err:.3e} > {bound:.3e} (nn.LSTM bf16: {err_nn:.3e})"
 
 
